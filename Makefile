@@ -1,0 +1,30 @@
+# Two commands run everything: `make serve` and `make test`. Both create .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test lint serve bench-engine clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+serve: install
+	@echo "The service is not built yet (issue: 'The BentoML service'); nothing to serve." >&2
+	@exit 1
+
+bench-engine: install
+	$(BIN)/python benchmarks/mc_engine.py --output benchmarks/results/mc_engine.json
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
