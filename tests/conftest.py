@@ -1,7 +1,10 @@
-"""Shared test set-up: quiet TensorFlow, seeded Keras."""
+"""Shared test set-up: quiet TensorFlow, a private BentoML store, seeded Keras."""
 
 import os
+import tempfile
 
+# before anything imports BentoML or TensorFlow: both read these at import time
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="uq-test-bentoml-")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
