@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 #: Probabilities are clipped here before the log in ``nll``.
 NLL_FLOOR = 1e-12
@@ -147,6 +146,8 @@ def selective_error(scores: np.ndarray, errors: np.ndarray, threshold: float) ->
 
 def ood_auroc(in_distribution_scores: np.ndarray, out_of_distribution_scores: np.ndarray) -> float:
     """AUROC of telling out-of-distribution rows (positives) by a higher score."""
+    from sklearn.metrics import roc_auc_score
+
     inside = np.asarray(in_distribution_scores, dtype=np.float64).ravel()
     outside = np.asarray(out_of_distribution_scores, dtype=np.float64).ravel()
     if len(inside) == 0 or len(outside) == 0:

@@ -1,0 +1,71 @@
+"""The model artifact: ``model.keras`` plus a model card, in BentoML's model store.
+
+The card lives in the store entry's metadata, so ``bentoml models get TAG``
+shows it. Keras and BentoML are imported inside the functions that need them:
+the service's API process imports this module without loading TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from uncertainty.risk import RiskPolicy
+
+if TYPE_CHECKING:
+    import bentoml
+    import keras
+
+DEFAULT_CLASSIFIER_NAME = "uq-classifier"
+MODEL_FILE = "model.keras"
+
+
+class ModelCard(BaseModel):
+    """What a served classifier needs to judge its own answers, and how it was made."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    class_names: list[str]
+    input_shape: list[int]  # one instance, without the batch axis
+    value_range: tuple[float, float]  # raw pixel values the model expects
+    architecture: str
+    max_norm_value: float
+    dropout_rates: dict[str, float]  # dropout layer name -> rate
+    default_n_samples: int
+    test_metrics: dict[str, dict[str, float]]  # "deterministic" and "mc" -> name -> value
+    risk_policy: RiskPolicy
+    conformal_alpha: float
+    conformal_quantile: float
+    training: dict[str, Any]  # the training configuration, for the record
+
+
+def save_classifier(
+    model: keras.Model, card: ModelCard, name: str = DEFAULT_CLASSIFIER_NAME
+) -> str:
+    """Save to the model store; returns the tag (``name:version``)."""
+    import bentoml
+
+    with bentoml.models.create(
+        name,
+        metadata=card.model_dump(mode="json"),
+        labels={"kind": "classifier", "dataset": card.dataset.split(":")[0]},
+    ) as model_ref:
+        model.save(model_ref.path_of(MODEL_FILE))
+    return str(model_ref.tag)
+
+
+def read_card(model_ref: bentoml.Model) -> ModelCard:
+    return ModelCard.model_validate(model_ref.info.metadata)
+
+
+def load_classifier(tag_or_ref: str | bentoml.Model) -> tuple[keras.Model, ModelCard, str]:
+    """The Keras model, its card and its full tag, from a tag or a store entry."""
+    import bentoml
+    import keras
+
+    model_ref = bentoml.models.get(tag_or_ref) if isinstance(tag_or_ref, str) else tag_or_ref
+    model = keras.saving.load_model(model_ref.path_of(MODEL_FILE), compile=False)
+    return model, read_card(model_ref), str(model_ref.tag)
+
