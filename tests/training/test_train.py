@@ -1,0 +1,129 @@
+import csv
+import json
+import subprocess
+import sys
+
+import bentoml
+import keras
+import numpy as np
+import pytest
+
+from training.config import TrainConfig
+from training.data import load_dataset
+from training.train import main, parse_config, train
+
+TINY = ["--dataset", "digits", "--hidden-units", "64", "--batch-size", "64", "--n-samples", "8",
+        "--learning-rate", "0.01"]
+
+
+def stored(name: str) -> list[str]:
+    return [str(model.tag) for model in bentoml.models.list() if model.tag.name == name]
+
+
+def test_uq_train_end_to_end_on_digits(tmp_path, capsys):
+    code = main([*TINY, "--epochs", "4", "--model-name", "uq-e2e",
+                 "--output-dir", str(tmp_path), "--risk-target-error", "0.1"])
+    assert code == 0
+    [tag] = stored("uq-e2e")
+    out = capsys.readouterr().out
+    assert f"saved {tag}" in out and "MC (N=8)" in out
+    card = bentoml.models.get(tag).info.metadata
+    assert card["dataset"] == "digits" and card["input_shape"] == [8, 8]
+    assert card["value_range"] == [0.0, 16.0] and card["default_n_samples"] == 8
+    assert set(card["dropout_rates"].values()) == {0.2, 0.5}
+    assert card["risk_policy"]["metric"] in card["risk_policy"]["aurc_by_metric"]
+    assert 0 < card["conformal_quantile"] <= 1
+    mc = card["test_metrics"]["mc"]
+    assert mc["accuracy"] > 0.85  # 4 epochs on digits
+    assert mc["selective_error"] <= mc["accuracy"] and 0 <= mc["flagged_fraction"] <= 1
+    for name in ("metrics.json", "reliability.png", "risk_coverage.png",
+                 "training_curves.png", "history.csv"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["tag"] == tag
+    assert not (tmp_path / "backup").exists()  # removed once training completes
+
+
+class StopAfterSecondEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
+    config = parse_config([*TINY, "--epochs", "4", "--model-name", "uq-resume",
+                           "--output-dir", str(tmp_path), "--patience", "10"])
+    dataset = load_dataset("digits")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, dataset, callbacks=(StopAfterSecondEpoch(),))
+    assert stored("uq-resume") == []
+    assert (tmp_path / "backup").exists()
+    train(config, dataset)
+    with open(tmp_path / "history.csv") as file:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(file)]
+    assert epochs == [0, 1, 2, 3]  # two before the interruption, two after, none repeated
+    assert len(stored("uq-resume")) == 1
+
+
+def test_toml_config_with_flags_winning(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('dataset = "digits"\nepochs = 7\nhidden-units = [64, 32]\n'
+                    'max_norm = 2.5\nschedule = "piecewise"\n')
+    config = parse_config(["--config", str(path), "--epochs", "2"])
+    assert config.dataset == "digits" and config.epochs == 2
+    assert config.model.hidden_units == (64, 32) and config.model.max_norm_value == 2.5
+    assert config.schedule == "piecewise"
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "exponential", "piecewise", "plateau"])
+@pytest.mark.parametrize("optimizer", ["nadam", "sgd"])
+def test_every_schedule_and_optimizer_trains(tmp_path, schedule, optimizer):
+    from training.schedules import learning_rate_and_callbacks, make_optimizer
+
+    config = TrainConfig(schedule=schedule, optimizer=optimizer, epochs=2)
+    rate, callbacks = learning_rate_and_callbacks(config, steps_per_epoch=5)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(make_optimizer(config, rate), "sparse_categorical_crossentropy")
+    x, y = keras.random.normal((20, 3)), keras.ops.arange(20) % 2
+    history = model.fit(x, y, validation_data=(x, y), epochs=2, batch_size=4, verbose=0,
+                        callbacks=callbacks)
+    assert all(loss == loss for loss in history.history["loss"])  # finite, not NaN
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--dataset", "npz:/nonexistent.npz"], "cannot read /nonexistent.npz"),
+        ([*TINY, "--input-dropout", "1.0"], "input_dropout must lie in [0, 1)"),
+        ([*TINY, "--hidden-dropout", "-0.5"], "hidden_dropout must lie in [0, 1)"),
+        ([*TINY, "--max-norm", "0"], "max_norm_value must be > 0"),
+        ([*TINY, "--epochs", "0"], "epochs must be >= 1"),
+        ([*TINY, "--model-name", "Bad Name!"], "not a valid BentoML name"),
+        ([*TINY, "--epochs", "many"], "invalid int value: 'many'"),
+        ([*TINY, "--architecture", "cnn", "--dataset", "npz:{flat}"], "cnn architecture needs"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_stored(tmp_path, capsys, argv, message):
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x_train=np.zeros((20, 5)), y_train=np.arange(20) % 2)
+    argv = [arg.replace("{flat}", str(flat)) for arg in argv]
+    if "--model-name" not in argv:
+        argv += ["--model-name", "uq-bad"]
+    before = len(bentoml.models.list())
+    try:
+        code = main([*argv, "--output-dir", str(tmp_path)])
+    except SystemExit as exit:  # argparse's own type errors
+        code = exit.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert len(bentoml.models.list()) == before
+
+
+def test_console_script_exits_2_with_one_line_before_loading_tensorflow(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "training.train", "--dataset", "digits", "--max-norm", "-1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "uq-train: error: max_norm_value must be > 0, got -1.0\n"

@@ -1,0 +1,328 @@
+"""uq-train: train the dropout + max-norm classifier, calibrate its risk policy, store it.
+
+    uq-train                                  # Fashion-MNIST, the default MLP
+    uq-train --dataset digits --epochs 5 --model-name uq-digits
+    uq-train --config my_run.toml --epochs 50  # flags override the TOML file
+
+The story: load the dataset (a seeded validation split held out from train) ->
+build the model (preprocessing inside) -> fit with early stopping, best-weight
+restore and BackupAndRestore (an interrupted run resumes where it stopped) ->
+evaluate on the test split, deterministically and with MC dropout through the
+engine the service uses -> calibrate the risk threshold and the conformal
+quantile on the validation split -> save model.keras and its card to the
+BentoML model store -> write reports (metrics JSON, plots, history CSV).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.config import (
+    ACTIVATIONS,
+    ARCHITECTURES,
+    OPTIMIZERS,
+    SCHEDULES,
+    ModelConfig,
+    TrainConfig,
+)
+from training.data import DATASET_NAMES, Dataset, DatasetError, load_dataset
+from uncertainty.artifact import ModelCard
+
+logger = logging.getLogger(__name__)
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    tag: str
+    card: ModelCard
+    report_path: Path
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage too; keep one line
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _units(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults, model_defaults = TrainConfig(), ModelConfig()
+    parser = _OneLineErrorParser(
+        prog="uq-train", description="Train, calibrate and store the MC dropout classifier."
+    )
+    add = parser.add_argument
+    add("--config", type=Path, help="TOML file of option values (flag names, - or _); "
+        "flags given on the command line win")
+    add("--dataset", default=defaults.dataset,
+        help=f"one of {', '.join(DATASET_NAMES)} (default: %(default)s)")
+    add("--model-name", default=defaults.model_name, help="store name (default: %(default)s)")
+    add("--epochs", type=int, default=defaults.epochs, help="(default: %(default)s)")
+    add("--batch-size", type=int, default=defaults.batch_size, help="(default: %(default)s)")
+    add("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS,
+        help="sgd uses Nesterov momentum 0.9 (default: %(default)s)")
+    add("--learning-rate", type=float, default=defaults.learning_rate,
+        help="peak rate for onecycle (default: %(default)s)")
+    add("--schedule", default=defaults.schedule, choices=SCHEDULES,
+        help="learning-rate schedule (default: %(default)s)")
+    add("--label-smoothing", type=float, default=defaults.label_smoothing,
+        help="(default: %(default)s)")
+    add("--patience", type=int, default=defaults.patience,
+        help="early-stopping patience in epochs on validation loss (default: %(default)s)")
+    add("--validation-fraction", type=float, default=defaults.validation_fraction,
+        help="share of train held out for validation and calibration (default: %(default)s)")
+    add("--seed", type=int, default=defaults.seed, help="(default: %(default)s)")
+    add("--n-samples", type=int, default=defaults.n_samples,
+        help="MC samples for evaluation, calibration and the served default "
+        "(default: %(default)s)")
+    add("--risk-target-error", type=float, default=defaults.risk_target_error,
+        help="error allowed among unflagged predictions (default: %(default)s)")
+    add("--conformal-alpha", type=float, default=defaults.conformal_alpha,
+        help="prediction sets miss the true class at most this often (default: %(default)s)")
+    add("--output-dir", type=Path, default=defaults.output_dir,
+        help="reports and the resumable backup (default: %(default)s)")
+    add("--architecture", default=model_defaults.architecture, choices=ARCHITECTURES,
+        help="(default: %(default)s)")
+    add("--hidden-units", type=_units, default=model_defaults.hidden_units,
+        help="comma-separated Dense sizes (default: 1024,1024)")
+    add("--activation", default=model_defaults.activation, choices=ACTIVATIONS,
+        help="selu uses LeCun initialisation and AlphaDropout (default: %(default)s)")
+    add("--input-dropout", type=float, default=model_defaults.input_dropout,
+        help="(default: %(default)s)")
+    add("--hidden-dropout", type=float, default=model_defaults.hidden_dropout,
+        help="(default: %(default)s)")
+    add("--max-norm", type=float, default=model_defaults.max_norm_value,
+        help="MaxNorm constraint c on every kernel (default: %(default)s)")
+    add("--batch-norm", action=argparse.BooleanOptionalAction,
+        default=model_defaults.batch_norm, help="(default: off)")
+    add("--conv-filters", type=_units, default=model_defaults.conv_filters,
+        help="cnn: filters per conv block (default: 32,64)")
+    add("--conv-dropout", type=float, default=model_defaults.conv_dropout,
+        help="cnn: SpatialDropout2D rate (default: %(default)s)")
+    return parser
+
+
+def parse_config(argv: list[str] | None) -> TrainConfig:
+    """Flags over TOML over defaults. Raises ValueError with a one-line message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is not None:
+        parser.set_defaults(**_read_toml(args.config, parser))
+        args = parser.parse_args(argv)
+    model = ModelConfig(
+        architecture=args.architecture,
+        hidden_units=tuple(args.hidden_units),
+        activation=args.activation,
+        input_dropout=args.input_dropout,
+        hidden_dropout=args.hidden_dropout,
+        max_norm_value=args.max_norm,
+        batch_norm=args.batch_norm,
+        conv_filters=tuple(args.conv_filters),
+        conv_dropout=args.conv_dropout,
+    )
+    return TrainConfig(
+        dataset=args.dataset, model_name=args.model_name, epochs=args.epochs,
+        batch_size=args.batch_size, optimizer=args.optimizer,
+        learning_rate=args.learning_rate, schedule=args.schedule,
+        label_smoothing=args.label_smoothing, patience=args.patience,
+        validation_fraction=args.validation_fraction, seed=args.seed,
+        n_samples=args.n_samples, risk_target_error=args.risk_target_error,
+        conformal_alpha=args.conformal_alpha, output_dir=args.output_dir, model=model,
+    )
+
+
+def _read_toml(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    try:
+        values = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"cannot read config {path}: {error}") from None
+    known = {action.dest: action for action in parser._actions if action.dest != "help"}
+    converted = {}
+    for key, value in values.items():
+        dest = key.replace("-", "_")
+        if dest not in known or dest == "config":
+            raise ValueError(f"config {path}: unknown option {key!r}")
+        if dest in ("hidden_units", "conv_filters") and isinstance(value, list):
+            value = tuple(value)
+        elif dest == "output_dir":
+            value = Path(value)
+        converted[dest] = value
+    return converted
+
+
+
+def train(config: TrainConfig, dataset: Dataset, callbacks: tuple = ()) -> TrainResult:
+    """Fit, evaluate, calibrate, store and report. ``callbacks`` are extra Keras callbacks."""
+    import keras
+
+    from training.evaluation import evaluate_and_calibrate
+    from training.models import build_model
+    from training.schedules import learning_rate_and_callbacks, make_optimizer
+    from uncertainty.artifact import save_classifier
+
+    keras.utils.set_random_seed(config.seed)
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(config.model, dataset.input_shape, dataset.num_classes,
+                        dataset.x_train, dataset.value_range)
+    steps_per_epoch = math.ceil(len(dataset.x_train) / config.batch_size)
+    learning_rate, schedule_callbacks = learning_rate_and_callbacks(config, steps_per_epoch)
+    model.compile(
+        optimizer=make_optimizer(config, learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=["accuracy"],
+    )
+    one_hot = np.eye(dataset.num_classes, dtype=np.float32)
+    started = time.perf_counter()
+    model.fit(
+        dataset.x_train, one_hot[dataset.y_train],
+        validation_data=(dataset.x_val, one_hot[dataset.y_val]),
+        epochs=config.epochs, batch_size=config.batch_size,
+        verbose=1 if sys.stdout.isatty() else 2,
+        callbacks=[
+            keras.callbacks.BackupAndRestore(str(config.output_dir / "backup")),
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.patience, restore_best_weights=True
+            ),
+            keras.callbacks.CSVLogger(str(config.output_dir / "history.csv"), append=True),
+            *schedule_callbacks,
+            *callbacks,
+        ],
+    )
+    fit_seconds = time.perf_counter() - started
+    served = _without_optimizer(model)
+    evaluation = evaluate_and_calibrate(
+        served, dataset.x_val, dataset.y_val, dataset.x_test, dataset.y_test,
+        n_samples=config.n_samples, risk_target_error=config.risk_target_error,
+        conformal_alpha=config.conformal_alpha, seed=config.seed,
+    )
+    card = ModelCard(
+        dataset=dataset.name,
+        class_names=list(dataset.class_names),
+        input_shape=list(dataset.input_shape),
+        value_range=dataset.value_range,
+        architecture=config.model.architecture,
+        max_norm_value=config.model.max_norm_value,
+        dropout_rates={
+            layer.name: float(layer.rate)
+            for layer in served.layers
+            if isinstance(layer, keras.layers.Dropout | keras.layers.AlphaDropout)
+        },
+        default_n_samples=config.n_samples,
+        test_metrics=evaluation.test_metrics,
+        risk_policy=evaluation.policy,
+        conformal_alpha=config.conformal_alpha,
+        conformal_quantile=evaluation.conformal_quantile,
+        training={**_jsonable(config), "fit_seconds": round(fit_seconds, 1)},
+    )
+    tag = save_classifier(served, card, config.model_name)
+    report_path = write_reports(config.output_dir, card, evaluation, tag)
+    return TrainResult(tag=tag, card=card, report_path=report_path)
+
+
+def _without_optimizer(model):
+    """An uncompiled copy with the trained weights: a smaller artifact that loads
+    without the training code's custom objects."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _jsonable(config: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def write_reports(output_dir: Path, card: ModelCard, evaluation, tag: str) -> Path:
+    """metrics.json, reliability.png, risk_coverage.png and training_curves.png."""
+    import csv
+
+    from training import plots
+    from training.evaluation import risk_coverage_curves
+    from uncertainty.metrics import reliability_bins
+
+    summary, labels = evaluation.test_summary, evaluation.test_labels
+    plots.reliability_diagram(
+        {"deterministic": reliability_bins(evaluation.deterministic_probabilities, labels),
+         f"MC dropout (N={card.default_n_samples})": reliability_bins(summary.mean, labels)},
+        output_dir / "reliability.png",
+    )
+    mc = card.test_metrics["mc"]
+    plots.risk_coverage_plot(
+        risk_coverage_curves(summary, labels),
+        output_dir / "risk_coverage.png",
+        operating_point=(mc["coverage"], mc["selective_error"]),
+    )
+    with open(output_dir / "history.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    history = {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
+    plots.training_curves(history, output_dir / "training_curves.png")
+    report_path = output_dir / "metrics.json"
+    report_path.write_text(json.dumps({"tag": tag, "card": card.model_dump(mode="json")},
+                                      indent=2))
+    return report_path
+
+
+def summary_table(tag: str, card: ModelCard) -> str:
+    deterministic, mc = card.test_metrics["deterministic"], card.test_metrics["mc"]
+    policy = card.risk_policy
+    lines = [
+        f"{'test split':<22}{'deterministic':>14}{f'MC (N={card.default_n_samples})':>14}",
+        *(f"{name:<22}{deterministic[name]:>14.4f}{mc[name]:>14.4f}"
+          for name in ("accuracy", "nll", "brier", "ece", "aurc")),
+        f"risk flag: {policy.metric} > {policy.threshold:.4g} flags "
+        f"{mc['flagged_fraction']:.1%} of test; error among the rest "
+        f"{mc['selective_error']:.4f} (target {policy.target_error})"
+        + ("" if policy.calibration_coverage > 0 else
+           " - no threshold met the target on validation, so every prediction is flagged"),
+        f"prediction sets (alpha={card.conformal_alpha}): coverage "
+        f"{mc['conformal_coverage']:.3f}, mean size {mc['conformal_mean_set_size']:.2f}",
+        f"saved {tag}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = parse_config(argv)
+        dataset = load_dataset(config.dataset, config.validation_fraction, config.seed)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if config.model.architecture == "cnn" and len(dataset.input_shape) not in (2, 3):
+            raise ValueError(
+                f"the cnn architecture needs images, {config.dataset} rows have shape "
+                f"{dataset.input_shape}"
+            )
+        print(f"{dataset.name}: {len(dataset.x_train)} train, {len(dataset.x_val)} validation, "
+              f"{len(dataset.x_test)} test rows of shape {dataset.input_shape}", flush=True)
+        result = train(config, dataset)
+    except (ValueError, DatasetError) as error:
+        print(f"uq-train: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("uq-train: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(summary_table(result.tag, result.card))
+    print(f"reports in {result.report_path.parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
