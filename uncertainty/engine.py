@@ -59,9 +59,13 @@ _UNSAMPLEABLE_LAYER_TYPES = (keras.layers.GaussianNoise, keras.layers.GaussianDr
 
 def configure_tensorflow_threads(intra_op_threads: int | None = None) -> None:
     """Use one inter-op thread and all cores inside ops: the fastest setting for
-    this engine's short chains of large ops. Call before TensorFlow runs any op."""
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads or 0)
+    this engine's short chains of large ops. Takes effect only before TensorFlow
+    runs its first op; later calls leave the threads as they are."""
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads or 0)
+    except RuntimeError:  # already initialised (a process that trained, say)
+        pass
 
 
 def _splitmix64(state: tf.Tensor) -> tf.Tensor:
@@ -128,25 +132,36 @@ def _layer_chain(model: keras.Model) -> list[keras.layers.Layer]:
     """
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(f"model {model.name!r} must have one input and one output")
+    if isinstance(model, keras.Sequential):
+        layers = model.layers
+    else:
+        layers = _functional_chain(model)
     chain: list[keras.layers.Layer] = []
-    previous = model.inputs[0]
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        try:
-            layer_input = layer.input
-        except (AttributeError, ValueError) as error:
-            raise ValueError(f"layer {layer.name!r} is called more than once: {error}") from None
-        if layer_input is not previous:
-            raise ValueError(
-                f"layer {layer.name!r} does not take the previous layer's output: "
-                "the engine runs linear chains of layers only"
-            )
+    for layer in layers:
         chain.extend(_layer_chain(layer) if isinstance(layer, keras.Model) else [layer])
-        previous = layer.output
-    if previous is not model.outputs[0]:
-        raise ValueError(f"model {model.name!r} output is not the end of its layer chain")
     return chain
+
+
+def _functional_chain(model: keras.Model) -> list[keras.layers.Layer]:
+    """A Functional model's layers, input to output, when each takes the previous
+    one's output. Keras keeps the model's own graph in ``_nodes_by_depth`` (a layer's
+    ``input`` may belong to another model that reused it)."""
+    layers, previous = [], None
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        nodes = model._nodes_by_depth[depth]
+        node = nodes[0]
+        parents = node.parent_nodes
+        if len(nodes) != 1 or (previous is not None and parents != [previous]):
+            name = next((n.operation.name for n in nodes if n.parent_nodes != [previous]),
+                        node.operation.name)
+            raise ValueError(
+                f"layer {name!r} does not take the previous layer's output: the engine runs "
+                "linear chains of layers only"
+            )
+        if not isinstance(node.operation, keras.layers.InputLayer):
+            layers.append(node.operation)
+        previous = node
+    return layers
 
 
 def _refusal(layer: keras.layers.Layer) -> str | None:
@@ -270,11 +285,11 @@ class MCEngine:
         def call_step(step: DropoutMask, h: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
             return step(h, key)
 
-        fused_suffix = tf.function(
+        fused_suffix = _compiled(
             lambda rows, keys: run_suffix(rows, keys, self._suffix, call_step), jit_compile=True
         )
 
-        @tf.function(input_signature=signature)
+        @_compiled(input_signature=signature)
         def forward_fused(x: tf.Tensor, row_index: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
             # x: [B, *input_shape], row_index: [R] into x, keys: [n_mc_layers] -> [R, classes]
             rows = tf.gather(prefix(x), row_index)
@@ -286,15 +301,15 @@ class MCEngine:
             return
 
         compiled_steps = {
-            id(step): tf.function(step.__call__, jit_compile=True) for step in self.mc_layers
+            id(step): _compiled(step.__call__, jit_compile=True) for step in self.mc_layers
         }
         first_step = self.mc_layers[0]
-        expand_and_drop = tf.function(
+        expand_and_drop = _compiled(
             lambda h, row_index, key: first_step(tf.gather(h, row_index), key),
             jit_compile=True,
         )
 
-        @tf.function(input_signature=signature)
+        @_compiled(input_signature=signature)
         def forward_split(x: tf.Tensor, row_index: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
             # as forward_fused; B must be a power of two (one XLA program per B and R)
             h = expand_and_drop(prefix(x), row_index, keys[0])
@@ -333,6 +348,28 @@ class MCEngine:
         rows = self._run(x, counts.astype(np.int64), seed)
         return np.split(rows, np.cumsum(counts)[:-1])
 
+    def warm_up(self, n_samples: int, max_batch: int) -> None:
+        """Compile now, not on first use, the programs that calls of up to
+        ``max_batch * n_samples`` rows need: every small-call bucket, whatever the
+        mix of sample counts, and the large-call programs of 1 to ``max_batch``
+        rows at ``n_samples``. Each new program takes a fraction of a second."""
+        keys = np.zeros(len(self.mc_layers), np.uint64)
+        one_row = np.zeros((1, *self.input_shape), np.float32)
+        max_rows = min(max_batch * n_samples, self.max_rows_per_call)
+        rows = 1
+        while rows < SPLIT_PLAN_ROWS and rows <= _bucket(max_rows):
+            self._call(one_row, np.zeros(rows, np.int32), keys)
+            rows = _bucket(rows + 1)
+        compiled = set()
+        x = np.zeros((max_batch, *self.input_shape), np.float32)
+        for batch in range(1, max_batch + 1):
+            owners = np.repeat(np.arange(batch, dtype=np.int32), n_samples)
+            programs = {_program(c) for c in _plan_chunks(owners, self.max_rows_per_call)}
+            programs = {program for program in programs if program[1]}  # split plan only
+            if not programs <= compiled:
+                self.sample(x[:batch], n_samples, seed=0)
+                compiled |= programs
+
     def _check_input(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
@@ -370,6 +407,14 @@ class MCEngine:
         return forward(tf.constant(x), tf.constant(row_index), tf.constant(keys)).numpy()
 
 
+def _compiled(function=None, **options):
+    """tf.function without AutoGraph: these functions have no tensor-dependent
+    Python control flow to convert."""
+    if function is None:
+        return lambda f: tf.function(f, autograph=False, **options)
+    return tf.function(function, autograph=False, **options)
+
+
 def _is_active_dropout(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, _MC_LAYER_TYPES) and layer.rate > 0
 
@@ -393,6 +438,15 @@ def _bucket(rows: int) -> int:
         return 1 << max(0, rows - 1).bit_length()
     step = 1 << ((rows - 1).bit_length() - 3)
     return -(-rows // step) * step
+
+
+def _program(chunk: _Chunk) -> tuple[int, int]:
+    """Which compiled program runs ``chunk``: its row bucket, and for the split plan
+    its input rows padded to a power of two (0 for the fused plan)."""
+    rows = _bucket(chunk.stop - chunk.start)
+    if rows < SPLIT_PLAN_ROWS:
+        return rows, 0
+    return rows, 1 << (chunk.last_input - chunk.first_input).bit_length()
 
 
 def _plan_chunks(owners: np.ndarray, max_rows: int) -> list[_Chunk]:
