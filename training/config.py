@@ -19,8 +19,8 @@ class ModelConfig:
     architecture: str = "mlp"
     hidden_units: tuple[int, ...] = (1024, 1024)
     activation: str = "elu"  # selu switches to LeCun initialisation and AlphaDropout
-    input_dropout: float = 0.2
-    hidden_dropout: float = 0.5
+    input_dropout: float = 0.1
+    hidden_dropout: float = 0.4
     max_norm_value: float = 3.0
     batch_norm: bool = False
     conv_filters: tuple[int, ...] = (32, 64)  # cnn only: one conv block per entry

@@ -7,6 +7,7 @@ from training.config import ModelConfig
 from training.data import load_dataset
 from training.models import build_model
 from uncertainty.artifact import ModelCard, load_classifier, save_classifier
+from uncertainty.engine import MCEngine
 from uncertainty.risk import RiskPolicy
 
 
@@ -83,6 +84,9 @@ def test_store_round_trip_keeps_predictions(digits):
     assert loaded_card == card
     np.testing.assert_array_equal(loaded.predict(digits.x_test, verbose=0),
                                   model.predict(digits.x_test, verbose=0))
+    # the engine takes the loaded model too, and draws the same samples
+    np.testing.assert_array_equal(MCEngine(loaded).sample(digits.x_test[:5], 10, seed=1),
+                                  MCEngine(model).sample(digits.x_test[:5], 10, seed=1))
 
 
 @pytest.mark.parametrize(
