@@ -19,9 +19,10 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
+# Trains the default classifier first when the model store has none (about 10 minutes).
 serve: install
-	@echo "The service is not built yet (issue: 'The BentoML service'); nothing to serve." >&2
-	@exit 1
+	@$(BIN)/bentoml models get uq-classifier:latest >/dev/null 2>&1 || $(BIN)/uq-train
+	$(BIN)/bentoml serve --host 0.0.0.0 --port 3000
 
 bench-engine: install
 	$(BIN)/python benchmarks/mc_engine.py --output benchmarks/results/mc_engine.json

@@ -3,8 +3,9 @@
 import os
 import tempfile
 
-# before anything imports BentoML or TensorFlow: both read these at import time
+# before anything imports BentoML, prometheus_client or TensorFlow: they read these at import
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="uq-test-bentoml-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="uq-test-prometheus-")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402

@@ -1,0 +1,24 @@
+"""Prometheus metrics, all prefixed ``uq_``; BentoML serves them at /metrics."""
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter(
+    "uq_requests", "HTTP requests by endpoint and outcome (ok, client_error, server_error)",
+    ["endpoint", "outcome"],
+)
+PREDICTIONS = Counter("uq_predictions", "Predictions returned, by endpoint", ["endpoint"])
+FLAGGED = Counter(
+    "uq_flagged_predictions", "Predictions whose risk flag was raised, by endpoint", ["endpoint"]
+)
+N_SAMPLES = Histogram(
+    "uq_n_samples", "MC samples per prediction",
+    buckets=(1, 2, 5, 10, 20, 30, 50, 100, 200, 500, 1000),
+)
+ENGINE_SECONDS = Histogram(
+    "uq_engine_seconds", "Time in the MC engine per call",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+)
+RISK_SCORE = Histogram(
+    "uq_risk_score", "Risk score of each prediction, by metric", ["metric"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
+)

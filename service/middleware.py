@@ -1,0 +1,218 @@
+"""ASGI middleware in front of every route: readiness, body limits, content types,
+error shape and request counts.
+
+- API routes answer 503 until the worker has loaded the model.
+- Bodies over ``max_body_bytes`` get 413 before anything parses them.
+- JSON routes need ``application/json``, ``/predict_image`` ``multipart/form-data``
+  (415 otherwise).
+- Every 4xx body, BentoML's own validation errors included, becomes
+  ``{"error": "<field>: <what was expected>"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from service import metrics
+from service.schemas import ACTIVE_INPUT
+
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON_ROUTES = ("/predict", "/predict_batched", "/metadata", "/generate")
+MULTIPART_ROUTES = ("/predict_image",)
+IMAGE_FORM_FILE, IMAGE_FORM_VALUES = "image", ("n_samples", "seed")
+_FORM_PART = re.compile(rb'content-disposition:\s*form-data;\s*name="([^"]*)"(;\s*filename=)?',
+                        re.IGNORECASE)
+
+
+class ServiceMiddleware:
+    def __init__(self, app, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        outcome = _Outcome(send)
+        try:
+            await self._handle(scope, receive, outcome, path)
+        finally:
+            if path in JSON_ROUTES + MULTIPART_ROUTES:
+                metrics.REQUESTS.labels(path.lstrip("/"), outcome.name).inc()
+
+    async def _handle(self, scope: dict, receive: Receive, send: _Outcome, path: str) -> None:
+        if path not in JSON_ROUTES + MULTIPART_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await self.app(scope, receive, _ErrorShaper(send))
+            return
+        if ACTIVE_INPUT.spec is None:
+            await send_error(send, 503, "the model is still loading; retry once /readyz "
+                             "answers 200")
+            return
+        headers = dict(scope.get("headers") or [])
+        problem = self._content_type_problem(path, headers.get(b"content-type", b""))
+        if problem:
+            await send_error(send, 415, problem)
+            return
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            await send_error(send, 413, self._too_large())
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                await send_error(send, 413, self._too_large())
+                return
+            if not message.get("more_body"):
+                break
+        problem = _form_problem(bytes(body)) if path in MULTIPART_ROUTES else None
+        if problem:  # BentoML would answer 500 to a file in a value field
+            await send_error(send, 400, problem)
+            return
+        await self.app(scope, _replay(bytes(body), receive), _ErrorShaper(send))
+
+    def _too_large(self) -> str:
+        return f"request body exceeds {self.max_body_bytes} bytes (UQ_MAX_BODY_BYTES)"
+
+    @staticmethod
+    def _content_type_problem(path: str, content_type: bytes) -> str | None:
+        media_type = content_type.split(b";")[0].strip().lower().decode("latin-1")
+        expected = "multipart/form-data" if path in MULTIPART_ROUTES else "application/json"
+        if media_type != expected:
+            got = media_type or "none"
+            return f"Content-Type must be {expected} for {path}, got {got}"
+        return None
+
+
+def _form_problem(body: bytes) -> str | None:
+    for name, is_file in _FORM_PART.findall(body):
+        field = name.decode("utf-8", "replace")
+        if field == IMAGE_FORM_FILE:
+            continue
+        if field not in IMAGE_FORM_VALUES:
+            return (f"unknown form field {field!r}; expected the file {IMAGE_FORM_FILE!r} "
+                    f"and optional values {', '.join(IMAGE_FORM_VALUES)}")
+        if is_file:
+            return f"{field}: expected a form value, got a file"
+    return None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class _Outcome:
+    """Passes messages through and remembers the response status class."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.name = "ok"
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            self.name = ("server_error" if status >= 500 else
+                         "client_error" if status >= 400 else "ok")
+        await self.send(message)
+
+
+OVERLOADED = ("the adaptive-batching queue cannot meet its latency budget "
+              "(UQ_BATCH_MAX_LATENCY_MS); retry later")
+
+
+class _ErrorShaper:
+    """Rewrites a 4xx response body into ``{"error": message}``, and BentoML's
+    generic 503 (load shed by adaptive batching) into one that says so."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.start: Message | None = None
+        self.chunks: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and (
+            400 <= message["status"] < 500 or message["status"] == 503
+        ):
+            self.start = message
+            return
+        if self.start is None:
+            await self.send(message)
+            return
+        self.chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            status = self.start["status"]
+            text = OVERLOADED if status == 503 else error_message(b"".join(self.chunks))
+            await send_error(self.send, status, text)
+
+
+def error_message(body: bytes) -> str:
+    """One line from BentoML's error bodies: ``{"error", "detail": [pydantic errors]}``,
+    ``[{"error": ...}]`` or plain text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip() or "bad request"
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if isinstance(data, dict) and isinstance(data.get("detail"), list) and data["detail"]:
+        return "; ".join(_pydantic_error(detail) for detail in data["detail"])
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return data["error"]
+    return str(data)
+
+
+def _pydantic_error(detail: dict) -> str:
+    location = ".".join(str(part) for part in detail.get("loc", ()) if part != "body")
+    message = str(detail.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{location}: {message}" if location else message
+
+
+async def send_error(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+class _DropClientErrorTracebacks:
+    """BentoML logs a traceback for every rejected request; a 4xx is not a server fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from bentoml.exceptions import BentoMLException
+        from pydantic import ValidationError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValidationError):
+            return False
+        return not (isinstance(error, BentoMLException) and 400 <= error.error_code < 500)
+
+
+def quiet_client_error_tracebacks() -> None:
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(_DropClientErrorTracebacks())

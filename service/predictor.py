@@ -1,0 +1,107 @@
+"""The served classifier, loaded in the worker: from checked arrays to response dicts.
+
+Data path: x ``[batch, *input_shape]`` -> engine samples ``[n_samples, batch,
+classes]`` -> summary -> risk flag and conformal set -> one dict per row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from service import metrics
+from service.schemas import InputSpec
+from uncertainty.artifact import ModelCard, load_classifier
+from uncertainty.engine import MCEngine, configure_tensorflow_threads
+from uncertainty.risk import prediction_sets, risk_score
+from uncertainty.summary import UncertaintySummary, summarize
+
+logger = logging.getLogger(__name__)
+
+
+class Predictor:
+    def __init__(self, engine: MCEngine, card: ModelCard, tag: str, default_samples: int) -> None:
+        self.engine = engine
+        self.card = card
+        self.tag = tag
+        self.default_samples = default_samples
+        self.spec = InputSpec(tuple(card.input_shape), tuple(card.value_range))
+
+    @classmethod
+    def load(cls, model_ref, default_samples: int | None, warm_up_batch: int) -> Predictor:
+        """Load model and card, build the engine, compile the usual programs."""
+        started = time.perf_counter()
+        configure_tensorflow_threads()
+        model, card, tag = load_classifier(model_ref)
+        predictor = cls(MCEngine(model), card, tag, default_samples or card.default_n_samples)
+        predictor.engine.warm_up(predictor.default_samples, warm_up_batch)
+        logger.info("loaded %s in %.1f s", tag, time.perf_counter() - started)
+        return predictor
+
+    def predict(
+        self, x: np.ndarray, n_samples: int | None, seed: int | None,
+        risk_threshold: float | None, endpoint: str,
+    ) -> list[dict]:
+        """One prediction dict per row of ``x`` ``[batch, *input_shape]``."""
+        n_samples = n_samples or self.default_samples
+        started = time.perf_counter()
+        samples = self.engine.sample(x, n_samples, seed)  # [n_samples, batch, classes]
+        metrics.ENGINE_SECONDS.observe(time.perf_counter() - started)
+        metrics.N_SAMPLES.observe(n_samples)
+        return self._predictions(summarize(samples), risk_threshold, endpoint)
+
+    def predict_ragged(self, x: np.ndarray, counts: list[int | None], endpoint: str) -> list[dict]:
+        """Row i with ``counts[i]`` samples (None: the default), all in one engine pass."""
+        counts = [count or self.default_samples for count in counts]
+        started = time.perf_counter()
+        rows = self.engine.sample_ragged(x, counts)  # one [counts[i], classes] per row
+        metrics.ENGINE_SECONDS.observe(time.perf_counter() - started)
+        by_count: dict[int, list[int]] = defaultdict(list)
+        for index, count in enumerate(counts):
+            by_count[count].append(index)
+            metrics.N_SAMPLES.observe(count)
+        predictions: list[dict] = [{}] * len(counts)
+        for indices in by_count.values():  # rows with equal counts share one summary
+            samples = np.stack([rows[i] for i in indices], axis=1)  # [count, rows, classes]
+            for index, prediction in zip(
+                indices, self._predictions(summarize(samples), None, endpoint), strict=True
+            ):
+                predictions[index] = prediction
+        return predictions
+
+    def _predictions(
+        self, summary: UncertaintySummary, risk_threshold: float | None, endpoint: str
+    ) -> list[dict]:
+        policy = self.card.risk_policy
+        threshold = policy.threshold if risk_threshold is None else risk_threshold
+        scores = risk_score(summary, policy.metric)
+        flagged = scores > threshold
+        sets = prediction_sets(summary.mean, self.card.conformal_quantile)
+        names = self.card.class_names
+        metrics.PREDICTIONS.labels(endpoint).inc(len(scores))
+        metrics.FLAGGED.labels(endpoint).inc(int(flagged.sum()))
+        for score in scores:
+            metrics.RISK_SCORE.labels(policy.metric).observe(score)
+        return [
+            {
+                "label": int(label),
+                "class_name": names[label],
+                "confidence": float(summary.confidence[row]),
+                "probabilities": summary.mean[row].tolist(),
+                "std": summary.std[row].tolist(),
+                "predictive_entropy": float(summary.predictive_entropy[row]),
+                "expected_entropy": float(summary.expected_entropy[row]),
+                "mutual_information": float(summary.mutual_information[row]),
+                "risk": {
+                    "flagged": bool(flagged[row]),
+                    "metric": policy.metric,
+                    "score": float(scores[row]),
+                    "threshold": float(threshold),
+                },
+                "prediction_set": [names[c] for c in np.flatnonzero(sets[row])],
+            }
+            for row, label in enumerate(summary.label)
+        ]

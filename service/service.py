@@ -1,0 +1,123 @@
+"""The BentoML service: every prediction with N-sample MC dropout and a risk flag.
+
+    bentoml serve            # from the repository root (bentofile.yaml names this)
+
+The model (``UQ_MODEL``, default ``uq-classifier:latest``) is loaded in the
+worker, in the background: TensorFlow is imported there, never in the CLI
+process, and ``/readyz`` answers 503 until the model is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+from bentoml.validators import ContentType
+from pydantic import Field
+
+from service.middleware import ServiceMiddleware, quiet_client_error_tracebacks
+from service.schemas import (
+    ACTIVE_INPUT,
+    BatchItem,
+    NSamples,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+    Seed,
+    parse_image,
+)
+from service.settings import settings
+
+logger = logging.getLogger(__name__)
+
+
+@bentoml.service(workers=1, traffic={"timeout": 120})
+class UQService:
+    model_ref = bentoml.models.BentoModel(settings.model)
+
+    def __init__(self) -> None:
+        self.predictor = None
+        threading.Thread(target=self._load, name="uq-model-loader", daemon=True).start()
+
+    def _load(self) -> None:
+        from service.predictor import Predictor  # imports TensorFlow: worker only
+
+        try:
+            predictor = Predictor.load(
+                self.model_ref, settings.default_samples, warm_up_batch=settings.batch_max_size
+            )
+        except Exception:
+            logger.exception("could not load %s; /readyz stays 503", settings.model)
+            return
+        self.predictor = predictor
+        ACTIVE_INPUT.spec = predictor.spec
+
+    def __is_ready__(self) -> bool:
+        return self.predictor is not None
+
+    def _response(self, predictions: list[dict], n_samples: int | None) -> PredictResponse:
+        return PredictResponse.model_validate({
+            "model": self.predictor.tag,
+            "n_samples": n_samples or self.predictor.default_samples,
+            "predictions": predictions,
+        })
+
+    @bentoml.api(route="/predict")
+    def predict(self, request: PredictRequest, /) -> PredictResponse:
+        """MC dropout predictions for a list of instances (raw pixels, flat or shaped)."""
+        predictions = self.predictor.predict(
+            np.stack(request.instances), request.n_samples, request.seed,
+            request.risk_threshold, endpoint="predict",
+        )
+        return self._response(predictions, request.n_samples)
+
+    @bentoml.api(
+        route="/predict_batched",
+        batchable=True,
+        max_batch_size=settings.batch_max_size,
+        max_latency_ms=settings.batch_max_latency_ms,
+    )
+    def predict_batched(
+        self, items: Annotated[list[BatchItem], Field(min_length=1)]
+    ) -> list[Prediction]:
+        """Adaptive batching: concurrent requests merge into one engine call, whatever
+        their n_samples. Returns one prediction per item, in order."""
+        return self.predictor.predict_ragged(
+            np.stack([item.instance for item in items]),
+            [item.n_samples for item in items],
+            endpoint="predict_batched",
+        )
+
+    @bentoml.api(route="/predict_image")
+    def predict_image(
+        self,
+        image: Annotated[Path, ContentType("image/*")],
+        n_samples: NSamples | None = None,
+        seed: Seed | None = None,
+    ) -> PredictResponse:
+        """A PNG or JPEG upload (multipart field ``image``), converted as the card says."""
+        try:
+            x = parse_image(str(image), self.predictor.spec)
+        except ValueError as error:
+            raise bentoml.exceptions.InvalidArgument(f"image: {error}") from None
+        predictions = self.predictor.predict(
+            x[None], n_samples, seed, None, endpoint="predict_image"
+        )
+        return self._response(predictions, n_samples)
+
+    @bentoml.api(route="/metadata")
+    def metadata(self) -> dict[str, Any]:
+        """The model card, with the served tag and the service's limits."""
+        return {
+            "model": self.predictor.tag,
+            **self.predictor.card.model_dump(mode="json"),
+            "service": settings.model_dump(),
+        }
+
+
+UQService.add_asgi_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
+quiet_client_error_tracebacks()

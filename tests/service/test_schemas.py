@@ -1,0 +1,67 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.schemas import InputSpec, parse_image, parse_instance
+
+SPEC = InputSpec(input_shape=(2, 3), value_range=(0.0, 255.0))
+
+
+def test_flat_and_shaped_instances_give_the_input_shape():
+    flat = parse_instance([0, 1, 2, 3, 4, 5.5], SPEC)
+    shaped = parse_instance([[0, 1, 2], [3, 4, 5.5]], SPEC)
+    assert flat.shape == shaped.shape == (2, 3) and flat.dtype == np.float32
+    np.testing.assert_array_equal(flat, shaped)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ([1, 2, 3], "expected 6 numbers or a 2 x 3 nested list, got shape 3"),
+        ([[1, 2, 3], [4, 5]], "ragged nesting"),
+        ([1, 2, 3, 4, 5, True], "got a boolean among the values"),
+        ([1, 2, 3, 4, 5, "6"], "got a string among the values"),
+        ([1, 2, 3, 4, 5, None], "got null among the values"),
+        ([1, 2, 3, 4, 5, float("nan")], "NaN or Infinity"),
+        ([1, 2, 3, 4, 5, float("inf")], "NaN or Infinity"),
+        ([1, 2, 3, 4, 5, 256], r"range \[0, 255\], got \[1, 256\]"),
+        ([1, 2, 3, 4, 5, -1], r"range \[0, 255\]"),
+        ([], "got an empty list"),
+        ({"a": 1}, "got an object"),
+        ([[[1, 2, 3]], [[4, 5, 6]]], "got shape 2 x 1 x 3"),
+    ],
+)
+def test_bad_instances_say_what_was_expected(raw, message):
+    with pytest.raises(ValueError, match=message):
+        parse_instance(raw, SPEC)
+
+
+def image_bytes(array: np.ndarray, image_format: str) -> io.BytesIO:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=image_format)
+    buffer.seek(0)
+    return buffer
+
+
+def test_images_become_instances_in_the_cards_range(tmp_path):
+    spec = InputSpec(input_shape=(8, 8), value_range=(0.0, 16.0))
+    white = np.full((32, 32, 3), 255, np.uint8)  # RGB, larger: converted and resized
+    path = tmp_path / "white.png"
+    path.write_bytes(image_bytes(white, "PNG").getvalue())
+    x = parse_image(str(path), spec)
+    assert x.shape == (8, 8)
+    np.testing.assert_allclose(x, 16.0)
+
+
+def test_unreadable_and_unsupported_images_are_refused(tmp_path):
+    spec = InputSpec(input_shape=(8, 8), value_range=(0.0, 16.0))
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="not a readable PNG or JPEG"):
+        parse_image(str(junk), spec)
+    gif = tmp_path / "x.gif"
+    gif.write_bytes(image_bytes(np.zeros((4, 4), np.uint8), "GIF").getvalue())
+    with pytest.raises(ValueError, match="expected a PNG or JPEG image, got GIF"):
+        parse_image(str(gif), spec)

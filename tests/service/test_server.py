@@ -1,0 +1,133 @@
+"""Against a real ``bentoml serve`` process on loopback."""
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import bentoml
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.service.conftest import DEFAULT_SAMPLES
+from training.data import load_dataset
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits").x_test[:6]
+
+
+def predict(http, instances, **options):
+    response = http.post("/predict", json={"instances": np.asarray(instances).tolist(), **options})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_readiness_liveness_and_metadata(http, classifier_tag):
+    assert http.get("/readyz").status_code == 200
+    assert http.get("/livez").status_code == 200
+    assert "/predict_batched" in http.get("/docs.json").json()["paths"]
+    card = http.post("/metadata", json={}).json()
+    assert card["model"] == classifier_tag
+    assert card["input_shape"] == [8, 8] and card["default_n_samples"] == DEFAULT_SAMPLES
+
+
+def test_predictions_are_consistent(http, digits):
+    body = predict(http, digits)
+    assert body["n_samples"] == DEFAULT_SAMPLES and len(body["predictions"]) == len(digits)
+    for prediction in body["predictions"]:
+        probabilities = np.array(prediction["probabilities"])
+        assert prediction["label"] == int(probabilities.argmax())
+        assert prediction["class_name"] == str(prediction["label"])
+        assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+        assert prediction["confidence"] == pytest.approx(probabilities.max())
+        assert prediction["class_name"] in prediction["prediction_set"]
+        risk = prediction["risk"]
+        assert risk["flagged"] == (risk["score"] > risk["threshold"])
+        assert prediction["mutual_information"] <= prediction["predictive_entropy"] + 1e-9
+
+
+def test_a_seed_gives_identical_responses(http, digits):
+    first = predict(http, digits[:2], n_samples=20, seed=11)
+    assert predict(http, digits[:2], n_samples=20, seed=11) == first
+    assert predict(http, digits[:2], n_samples=20, seed=12) != first
+    assert predict(http, digits[:2], n_samples=20) != predict(http, digits[:2], n_samples=20)
+
+
+def test_one_sample_has_zero_spread(http, digits):
+    for prediction in predict(http, digits, n_samples=1)["predictions"]:
+        assert prediction["std"] == [0.0] * 10
+        assert prediction["mutual_information"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_risk_threshold_override(http, digits):
+    body = predict(http, digits, risk_threshold=1e9)
+    assert not any(p["risk"]["flagged"] for p in body["predictions"])
+    assert {p["risk"]["threshold"] for p in body["predictions"]} == {1e9}
+
+
+def test_batched_path_merges_concurrent_requests_with_mixed_n_samples(http, digits):
+    def one(index):
+        item = {"instance": digits[index % len(digits)].tolist(), "n_samples": 1 + index % 5}
+        return index, http.post("/predict_batched", json={"items": [item, item]})
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(one, range(48)))
+    for index, response in results:
+        assert response.status_code == 200, response.text
+        first, second = response.json()
+        assert first["label"] == int(np.argmax(first["probabilities"]))
+        if 1 + index % 5 == 1:
+            assert first["std"] == [0.0] * 10
+    assert batch_size_metric(http, "sum") == 48  # 48 requests ...
+    assert batch_size_metric(http, "count") < 48  # ... in fewer engine calls: merged
+
+
+def batch_size_metric(http, suffix: str) -> float:
+    """BentoML's adaptive-batching histogram for /predict_batched."""
+    prefix = f"bentoml_service_adaptive_batch_size_{suffix}"
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(prefix) and "predict_batched" in line:
+            return float(line.split()[-1])
+    raise AssertionError(f"{prefix} is not in /metrics")
+
+
+def image_upload(array: np.ndarray, image_format: str) -> dict:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=image_format)
+    kind = image_format.lower()
+    return {"image": (f"x.{kind}", buffer.getvalue(), f"image/{kind}")}
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_image_upload(http, digits, image_format):
+    pixels = (digits[0] * (255 / 16)).astype(np.uint8)
+    response = http.post("/predict_image", files=image_upload(pixels, image_format),
+                         data={"n_samples": "4", "seed": "2"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["n_samples"] == 4 and len(body["predictions"]) == 1
+
+
+def test_metrics_count_requests_outcomes_and_flags(http, digits):
+    predict(http, digits[:1])
+    http.post("/predict", json={"instances": [[1, 2]]})
+    metrics = http.get("/metrics").text
+    assert 'uq_requests_total{endpoint="predict",outcome="ok"}' in metrics
+    assert 'uq_requests_total{endpoint="predict",outcome="client_error"}' in metrics
+    for name in ("uq_flagged_predictions_total", "uq_n_samples_bucket",
+                 "uq_engine_seconds_bucket", "uq_risk_score_bucket"):
+        assert name in metrics
+
+
+def test_python_client(server, digits):
+    with bentoml.SyncHTTPClient(server) as client:
+        body = client.predict({"instances": digits[:1].tolist(), "seed": 3})
+    assert body["predictions"][0]["class_name"] in [str(i) for i in range(10)]
