@@ -3,10 +3,12 @@
 Risk policy: one uncertainty score and a threshold; a prediction whose score is
 above the threshold is flagged ("do not trust"). Calibration picks, among the
 candidate scores, the one with the lowest AURC on the calibration split, then
-the threshold with the largest coverage whose selective error is at most the
-target with 95% confidence (a Clopper-Pearson upper bound, so that the error
-among unflagged predictions stays under the target on new data, not only on
-the calibration split).
+the threshold by selection with guaranteed risk (SGR, Geifman and El-Yaniv,
+2017): a binary search over coverages for the largest one whose Clopper-Pearson
+upper bound on the selective error, at confidence 1 - RISK_DELTA / log2(n),
+stays at or under the target. The point estimate is not enough: on
+Fashion-MNIST a threshold whose validation error is 0.0167 gives 0.0216 on the
+test split (the validation split, held out from train, is easier than test).
 
 Conformal sets (split conformal, LAC score ``1 - p(true class)``): with
 calibrated quantile ``q``, the set holds every class with mean probability at
@@ -32,8 +34,8 @@ RISK_SCORES = (
 )
 #: The threshold when no coverage meets the target: every score (>= 0) is above it.
 FLAG_EVERYTHING = -1.0
-#: One-sided confidence of the selective-error bound used to place the threshold.
-THRESHOLD_CONFIDENCE = 0.95
+#: Chance that the chosen threshold's true selective error exceeds the target.
+RISK_DELTA = 0.01
 
 
 def risk_scores(summary: UncertaintySummary) -> dict[str, np.ndarray]:
@@ -65,21 +67,20 @@ class RiskPolicy:
         return np.asarray(scores) > self.threshold
 
 
-def error_upper_bound(errors: np.ndarray, accepted: np.ndarray) -> np.ndarray:
-    """Clopper-Pearson upper bounds at THRESHOLD_CONFIDENCE for ``errors`` out of
-    ``accepted`` trials (element-wise)."""
+def error_upper_bound(errors: int, accepted: int, confidence: float) -> float:
+    """Clopper-Pearson upper bound on an error rate seen as ``errors`` in ``accepted``."""
     from scipy.stats import beta
 
-    errors = np.asarray(errors, dtype=np.float64)
-    accepted = np.asarray(accepted, dtype=np.float64)
-    bound = beta.ppf(THRESHOLD_CONFIDENCE, errors + 1, np.maximum(accepted - errors, 1e-12))
-    return np.where(errors >= accepted, 1.0, bound)
+    if errors >= accepted:
+        return 1.0
+    return float(beta.ppf(confidence, errors + 1, accepted - errors))
 
 
 def calibrate_risk_policy(
     summary: UncertaintySummary, labels: np.ndarray, target_error: float
 ) -> RiskPolicy:
-    """Pick the score with the best AURC and the widest threshold meeting ``target_error``."""
+    """Pick the score with the best AURC and the widest threshold that meets
+    ``target_error`` with probability 1 - RISK_DELTA."""
     if not 0.0 < target_error < 1.0:
         raise ValueError(f"target_error must lie in (0, 1), got {target_error}")
     errors = summary.label != np.asarray(labels)
@@ -87,15 +88,24 @@ def calibrate_risk_policy(
     aurc_by_metric = {name: aurc(values, errors) for name, values in scores.items()}
     metric = min(aurc_by_metric, key=aurc_by_metric.get)
     curve = risk_coverage_curve(scores[metric], errors)
-    accepted = np.round(curve.coverage * len(errors))
-    bounds = error_upper_bound(np.round(curve.risk * accepted), accepted)
-    meeting = np.flatnonzero(bounds <= target_error)
-    if len(meeting) == 0:  # nothing is safe enough: flag everything (scores are >= 0)
+    accepted = np.round(curve.coverage * len(errors)).astype(int)  # [k] per threshold
+    wrong = np.round(curve.risk * accepted).astype(int)
+    steps = math.ceil(math.log2(len(accepted) + 1))  # binary-search steps over k + 1 options
+    confidence = 1.0 - RISK_DELTA / steps
+    low, high = -1, len(accepted) - 1  # indices into the thresholds; -1 accepts nothing
+    for _ in range(steps):
+        if low == high:
+            break
+        middle = (low + high + 1) // 2
+        if error_upper_bound(wrong[middle], accepted[middle], confidence) <= target_error:
+            low = middle
+        else:
+            high = middle - 1
+    if low < 0:  # nothing is safe enough: flag everything (scores are >= 0)
         threshold, coverage, error = FLAG_EVERYTHING, 0.0, 0.0
     else:
-        best = meeting[-1]  # coverage grows with the index
-        threshold = float(curve.thresholds[best])
-        coverage, error = float(curve.coverage[best]), float(curve.risk[best])
+        threshold = float(curve.thresholds[low])
+        coverage, error = float(curve.coverage[low]), float(curve.risk[low])
     return RiskPolicy(
         metric=metric,
         threshold=threshold,
