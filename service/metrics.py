@@ -1,10 +1,15 @@
-"""Prometheus metrics, all prefixed ``uq_``; BentoML serves them at /metrics."""
+"""Prometheus metrics, all prefixed ``uq_``; BentoML serves them at /metrics, beside
+its own ``bentoml_service_*`` request counts and durations."""
 
 from prometheus_client import Counter, Histogram
 
 REQUESTS = Counter(
     "uq_requests", "HTTP requests by endpoint and outcome (ok, client_error, server_error)",
     ["endpoint", "outcome"],
+)
+BATCH_SIZE = Histogram(
+    "uq_batch_size", "Items per /predict_batched engine call (adaptive batching)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 PREDICTIONS = Counter("uq_predictions", "Predictions returned, by endpoint", ["endpoint"])
 FLAGGED = Counter(

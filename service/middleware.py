@@ -5,8 +5,9 @@ error shape and request counts.
 - Bodies over ``max_body_bytes`` get 413 before anything parses them.
 - JSON routes need ``application/json``, ``/predict_image`` ``multipart/form-data``
   (415 otherwise).
-- Every 4xx body, BentoML's own validation errors included, becomes
-  ``{"error": "<field>: <what was expected>"}``.
+- Every 4xx body, BentoML's own validation errors and 404s included, becomes
+  ``{"error": "<field>: <what was expected>"}``; the probes and /metrics pass as
+  they are.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON_ROUTES = ("/predict", "/predict_batched", "/metadata", "/generate")
+PROBE_ROUTES = ("/livez", "/readyz", "/healthz", "/metrics")
 MULTIPART_ROUTES = ("/predict_image",)
 IMAGE_FORM_FILE, IMAGE_FORM_VALUES = "image", ("n_samples", "seed")
 _FORM_PART = re.compile(rb'content-disposition:\s*form-data;\s*name="([^"]*)"(;\s*filename=)?',
@@ -37,36 +39,37 @@ class ServiceMiddleware:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        path = scope.get("path")
+        if scope["type"] != "http" or path in PROBE_ROUTES:
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        outcome = _Outcome(send)
+        responder = _Responder(send)
+        if path not in JSON_ROUTES + MULTIPART_ROUTES:  # /docs.json, unknown paths (404)
+            await self.app(scope, receive, responder)
+            return
         try:
-            await self._handle(scope, receive, outcome, path)
+            await self._handle(scope, receive, responder, path)
         finally:
-            if path in JSON_ROUTES + MULTIPART_ROUTES:
-                metrics.REQUESTS.labels(path.lstrip("/"), outcome.name).inc()
+            metrics.REQUESTS.labels(path.lstrip("/"), responder.outcome).inc()
 
-    async def _handle(self, scope: dict, receive: Receive, send: _Outcome, path: str) -> None:
-        if path not in JSON_ROUTES + MULTIPART_ROUTES:
-            await self.app(scope, receive, send)
-            return
+    async def _handle(
+        self, scope: dict, receive: Receive, responder: _Responder, path: str
+    ) -> None:
         if scope["method"] != "POST":
-            await self.app(scope, receive, _ErrorShaper(send))
+            await self.app(scope, receive, responder)
             return
         if ACTIVE_INPUT.spec is None:
-            await send_error(send, 503, "the model is still loading; retry once /readyz "
-                             "answers 200")
+            await responder.error(503, "the model is still loading; retry once /readyz "
+                                  "answers 200")
             return
         headers = dict(scope.get("headers") or [])
         problem = self._content_type_problem(path, headers.get(b"content-type", b""))
         if problem:
-            await send_error(send, 415, problem)
+            await responder.error(415, problem)
             return
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body_bytes:
-            await send_error(send, 413, self._too_large())
+            await responder.error(413, self._too_large())
             return
         body = bytearray()
         while True:
@@ -75,15 +78,15 @@ class ServiceMiddleware:
                 return
             body += message.get("body", b"")
             if len(body) > self.max_body_bytes:
-                await send_error(send, 413, self._too_large())
+                await responder.error(413, self._too_large())
                 return
             if not message.get("more_body"):
                 break
         problem = _form_problem(bytes(body)) if path in MULTIPART_ROUTES else None
         if problem:  # BentoML would answer 500 to a file in a value field
-            await send_error(send, 400, problem)
+            await responder.error(400, problem)
             return
-        await self.app(scope, _replay(bytes(body), receive), _ErrorShaper(send))
+        await self.app(scope, _replay(bytes(body), receive), responder)
 
     def _too_large(self) -> str:
         return f"request body exceeds {self.max_body_bytes} bytes (UQ_MAX_BODY_BYTES)"
@@ -124,40 +127,33 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-class _Outcome:
-    """Passes messages through and remembers the response status class."""
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.name = "ok"
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            self.name = ("server_error" if status >= 500 else
-                         "client_error" if status >= 400 else "ok")
-        await self.send(message)
-
-
 OVERLOADED = ("the adaptive-batching queue cannot meet its latency budget "
               "(UQ_BATCH_MAX_LATENCY_MS); retry later")
 
 
-class _ErrorShaper:
-    """Rewrites a 4xx response body into ``{"error": message}``, and BentoML's
-    generic 503 (load shed by adaptive batching) into one that says so."""
+class _Responder:
+    """The app's ``send``: remembers the outcome (ok, client_error, server_error),
+    rewrites a 4xx body into ``{"error": message}``, and BentoML's generic 503
+    (load shed by adaptive batching) into one that says so."""
 
     def __init__(self, send: Send) -> None:
         self.send = send
-        self.start: Message | None = None
+        self.outcome = "ok"
+        self.start: Message | None = None  # a held-back 4xx or 503 start
         self.chunks: list[bytes] = []
 
+    async def error(self, status: int, message: str) -> None:
+        self.outcome = "server_error" if status >= 500 else "client_error"
+        await send_error(self.send, status, message)
+
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and (
-            400 <= message["status"] < 500 or message["status"] == 503
-        ):
-            self.start = message
-            return
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            self.outcome = ("server_error" if status >= 500 else
+                            "client_error" if status >= 400 else "ok")
+            if 400 <= status < 500 or status == 503:
+                self.start = message
+                return
         if self.start is None:
             await self.send(message)
             return

@@ -56,6 +56,7 @@ class Predictor:
     def predict_ragged(self, x: np.ndarray, counts: list[int | None], endpoint: str) -> list[dict]:
         """Row i with ``counts[i]`` samples (None: the default), all in one engine pass."""
         counts = [count or self.default_samples for count in counts]
+        metrics.BATCH_SIZE.observe(len(counts))
         started = time.perf_counter()
         rows = self.engine.sample_ragged(x, counts)  # one [counts[i], classes] per row
         metrics.ENGINE_SECONDS.observe(time.perf_counter() - started)

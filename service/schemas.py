@@ -14,7 +14,17 @@ import math
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+)
 
 from service.settings import settings
 
@@ -63,26 +73,25 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
+#: JSON numbers only (no booleans, strings or null), finite; checked in pydantic's
+#: Rust core, several times faster than a Python loop over the values.
+_Number = Annotated[float, Strict(), AllowInfNan(False)]
+_FLAT_NUMBERS = TypeAdapter(list[_Number])
+_NESTED_NUMBERS = TypeAdapter(list[list[_Number]])
+
+
 def parse_instance(raw: Any, spec: InputSpec) -> np.ndarray:
     """One instance, flat or shaped, as float32 ``spec.input_shape``; raises ValueError."""
     expected = spec.describe()
     if not isinstance(raw, list):
         raise ValueError(f"expected {expected}, got {_json_type(raw)}")
+    adapter = _NESTED_NUMBERS if raw and isinstance(raw[0], list) else _FLAT_NUMBERS
     try:
-        values = np.asarray(raw, dtype=object)
-    except ValueError:  # numpy refuses some ragged nestings outright
-        values = None
-    bad = [v for v in (values.flat if values is not None else ()) if type(v) not in (float, int)]
-    if values is None or any(isinstance(v, list) for v in bad):  # others it keeps as lists
-        raise ValueError(
-            f"ragged nesting: every row must have the same length; expected {expected}"
-        )
-    if bad or values.size == 0:
-        got = _json_type(bad[0]) if bad else "an empty list"
-        raise ValueError(f"expected {expected}, got {got} among the values")
-    array = values.astype(np.float64)
-    if not np.all(np.isfinite(array)):
-        raise ValueError("values must be finite numbers, got NaN or Infinity")
+        array = np.asarray(adapter.validate_python(raw), dtype=np.float64)
+    except (ValidationError, ValueError):  # a bad value, deeper or ragged nesting
+        array = _array_or_explanation(raw, expected)
+    if array.size == 0:
+        raise ValueError(f"expected {expected}, got an empty list")
     if array.shape == spec.input_shape:
         pass
     elif array.ndim == 1 and array.size == spec.size:
@@ -97,6 +106,26 @@ def parse_instance(raw: Any, spec: InputSpec) -> np.ndarray:
             f"[{array.min():g}, {array.max():g}]"
         )
     return array.astype(np.float32)
+
+
+def _array_or_explanation(raw: list, expected: str) -> np.ndarray:
+    """The slow path: a regular nesting of numbers as an array, or a ValueError
+    that says what is wrong."""
+    try:
+        values = np.asarray(raw, dtype=object)
+    except ValueError:  # numpy refuses some ragged nestings outright
+        values = None
+    bad = [v for v in (values.flat if values is not None else ()) if type(v) not in (float, int)]
+    if values is None or any(isinstance(v, list) for v in bad):  # others it keeps as lists
+        raise ValueError(
+            f"ragged nesting: every row must have the same length; expected {expected}"
+        )
+    if bad:
+        raise ValueError(f"expected {expected}, got {_json_type(bad[0])} among the values")
+    array = values.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError("values must be finite numbers, got NaN or Infinity")
+    return array
 
 
 def _active_spec() -> InputSpec:

@@ -21,6 +21,12 @@ class Settings(BaseSettings):
         200, ge=1, description="adaptive batching: latency budget for queueing and the call"
     )
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger bodies get 413")
+    access_log: bool = Field(
+        False, description="log every request (costs about 1 ms of CPU per request)"
+    )
+    tracing: bool = Field(
+        False, description="keep BentoML's OpenTelemetry spans (for a configured exporter)"
+    )
 
 
 settings = Settings()

@@ -74,6 +74,7 @@ def test_malformed_json_wrong_content_type_and_wrong_method(client):
     assert_error(post(client, "/predict", {"instances": [DIGIT]}, "text/plain"), 415,
                  "Content-Type must be application/json")
     assert_error(client.get("/predict"), 405)
+    assert_error(post(client, "/no_such_route", {}), 404, "Not Found")
 
 
 def test_oversized_body_gets_413(client):

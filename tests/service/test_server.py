@@ -86,17 +86,14 @@ def test_batched_path_merges_concurrent_requests_with_mixed_n_samples(http, digi
         assert first["label"] == int(np.argmax(first["probabilities"]))
         if 1 + index % 5 == 1:
             assert first["std"] == [0.0] * 10
-    assert batch_size_metric(http, "sum") == 48  # 48 requests ...
-    assert batch_size_metric(http, "count") < 48  # ... in fewer engine calls: merged
+    assert batch_size_metric(http, "sum") == 96  # 96 items ...
+    assert batch_size_metric(http, "count") < 48  # ... in fewer engine calls than requests
 
 
 def batch_size_metric(http, suffix: str) -> float:
-    """BentoML's adaptive-batching histogram for /predict_batched."""
-    prefix = f"bentoml_service_adaptive_batch_size_{suffix}"
-    for line in http.get("/metrics").text.splitlines():
-        if line.startswith(prefix) and "predict_batched" in line:
-            return float(line.split()[-1])
-    raise AssertionError(f"{prefix} is not in /metrics")
+    name = f"uq_batch_size_{suffix} "
+    line = next(line for line in http.get("/metrics").text.splitlines() if line.startswith(name))
+    return float(line.split()[-1])
 
 
 def image_upload(array: np.ndarray, image_format: str) -> dict:
@@ -122,8 +119,9 @@ def test_metrics_count_requests_outcomes_and_flags(http, digits):
     metrics = http.get("/metrics").text
     assert 'uq_requests_total{endpoint="predict",outcome="ok"}' in metrics
     assert 'uq_requests_total{endpoint="predict",outcome="client_error"}' in metrics
-    for name in ("uq_flagged_predictions_total", "uq_n_samples_bucket",
-                 "uq_engine_seconds_bucket", "uq_risk_score_bucket"):
+    for name in ("uq_flagged_predictions_total", "uq_n_samples_bucket", "uq_batch_size_bucket",
+                 "bentoml_service_request_duration_seconds", "uq_engine_seconds_bucket",
+                 "uq_risk_score_bucket"):
         assert name in metrics
 
 
