@@ -60,6 +60,25 @@ def training_curves(history: Mapping[str, Sequence[float]], path: Path) -> None:
     _save(figure, path)
 
 
+def lines_against(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    path: Path,
+    xlabel: str,
+    title: str,
+    log_x: bool = False,
+) -> None:
+    """One panel per series, all against the same ``x``."""
+    figure, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 3.4), squeeze=False)
+    for axis, (name, values) in zip(axes[0], series.items(), strict=True):
+        axis.plot(x, values, marker="o")
+        axis.set(xlabel=xlabel, title=name)
+        if log_x:
+            axis.set_xscale("log")
+    figure.suptitle(title)
+    _save(figure, path)
+
+
 def _save(figure: plt.Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()

@@ -1,5 +1,5 @@
-"""Service tests: a tiny digits classifier trained once, the service in-process
-(TestClient) and one real ``bentoml serve`` on loopback, both shared by the session."""
+"""Service tests: the service in-process (TestClient) and one real ``bentoml serve``
+on loopback, both shared by the session, serving the session's tiny classifier."""
 
 import os
 import signal
@@ -14,7 +14,7 @@ import pytest
 
 # the service reads its settings once, at import: set them before any test imports it
 SERVICE_ENV = {
-    "UQ_MODEL": "uq-test-service:latest",
+    "UQ_MODEL": "uq-test-digits:latest",  # tests/conftest.py's classifier_tag
     "UQ_MAX_INSTANCES": "16",
     "UQ_MAX_SAMPLES": "200",
     "UQ_BATCH_MAX_SIZE": "8",
@@ -23,22 +23,6 @@ SERVICE_ENV = {
 }
 os.environ.update(SERVICE_ENV)
 REPOSITORY = Path(__file__).resolve().parents[2]
-DEFAULT_SAMPLES = 8
-
-
-@pytest.fixture(scope="session")
-def classifier_tag(tmp_path_factory) -> str:
-    from training.config import ModelConfig, TrainConfig
-    from training.data import load_dataset
-    from training.train import train
-
-    config = TrainConfig(
-        dataset="digits", model_name="uq-test-service", epochs=4, batch_size=64,
-        learning_rate=0.01, n_samples=DEFAULT_SAMPLES, risk_target_error=0.1,
-        output_dir=tmp_path_factory.mktemp("service-model"),
-        model=ModelConfig(hidden_units=(64,)),
-    )
-    return train(config, load_dataset("digits")).tag
 
 
 def wait_ready(get, timeout: float = 180) -> None:

@@ -29,7 +29,7 @@ def test_a_valid_request_answers_the_contract(client):
     response = post(client, "/predict", {"instances": [DIGIT], "n_samples": 5, "seed": 1})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"].startswith("uq-test-service:") and body["n_samples"] == 5
+    assert body["model"].startswith("uq-test-digits:") and body["n_samples"] == 5
     [prediction] = body["predictions"]
     assert set(prediction) >= {
         "label", "class_name", "confidence", "probabilities", "std", "predictive_entropy",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service.conftest import DEFAULT_SAMPLES
+from tests.conftest import DEFAULT_SAMPLES
 from training.data import load_dataset
 
 

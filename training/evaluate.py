@@ -1,0 +1,236 @@
+"""uq-evaluate: what each extra MC sample buys, and how well the uncertainty
+scores tell shifted inputs apart.
+
+    uq-evaluate --model uq-classifier:latest --samples 1,5,30 --output-dir reports/evaluate
+
+On the test split of the model's own dataset, for each N: accuracy, NLL,
+Brier, ECE; AURC, selective error and flagged fraction at the card's risk
+threshold; coverage and mean size of the conformal sets; and the MC estimator
+error, the mean total-variation distance between the N-sample mean
+probabilities and a reference with many samples. The deterministic
+(weight-scaling) prediction is the baseline. Then the AUROC of every
+uncertainty score at telling test images from shifted or out-of-distribution
+inputs (training.ood). Writes evaluation.json and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.data import DatasetError, load_dataset
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SAMPLES = (1, 2, 5, 10, 20, 30, 50, 100)
+#: "Stopped improving": within these of the best accuracy and NLL over all N.
+ACCURACY_TOLERANCE = 0.001
+NLL_TOLERANCE = 0.005
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _sample_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"sample counts must be >= 1, got {text!r}")
+    return counts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineErrorParser(prog="uq-evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="uq-classifier:latest", help="classifier tag")
+    parser.add_argument("--samples", type=_sample_counts, default=DEFAULT_SAMPLES,
+                        help="comma-separated N to evaluate (default: 1,2,5,10,20,30,50,100)")
+    parser.add_argument("--output-dir", type=Path, default=Path("reports/evaluate"),
+                        help="where evaluation.json and the plots go (default: %(default)s)")
+    parser.add_argument("--reference-samples", type=int, default=1000,
+                        help="N of the reference for the estimator error (default: %(default)s)")
+    parser.add_argument("--reference-rows", type=int, default=2000,
+                        help="test rows the reference covers (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    return parser
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Row-wise total-variation distance between probability rows: [batch]."""
+    return 0.5 * np.abs(p - q).sum(axis=1)
+
+
+def plateau(rows: list[dict[str, float]]) -> int:
+    """The smallest N whose accuracy and NLL are within tolerance of the best."""
+    best_accuracy = max(row["accuracy"] for row in rows)
+    best_nll = min(row["nll"] for row in rows)
+    return next(
+        int(row["n_samples"]) for row in rows
+        if row["accuracy"] >= best_accuracy - ACCURACY_TOLERANCE
+        and row["nll"] <= best_nll + NLL_TOLERANCE
+    )
+
+
+def evaluate(model, card, dataset, samples, reference_samples, reference_rows, seed) -> dict:
+    """Every figure of evaluation.json, plus the arrays the plots need under "_plots"."""
+    from training.evaluation import (
+        classification_metrics,
+        mc_summary,
+        risk_coverage_curves,
+        selective_metrics,
+    )
+    from training.ood import ood_sets
+    from uncertainty import metrics
+    from uncertainty.engine import MCEngine
+    from uncertainty.risk import risk_scores
+
+    engine = MCEngine(model)
+    x_test, y_test = dataset.x_test, dataset.y_test
+    reference_rows = min(reference_rows, len(x_test))
+    logger.info("reference: %d samples on %d test rows", reference_samples, reference_rows)
+    reference = mc_summary(engine, x_test[:reference_rows], reference_samples, seed).mean
+    by_n_samples, summaries = [], {}
+    for n_samples in samples:
+        started = time.perf_counter()
+        summary = mc_summary(engine, x_test, n_samples, seed + n_samples)
+        seconds = time.perf_counter() - started
+        summaries[n_samples] = summary
+        row = {
+            "n_samples": n_samples,
+            **classification_metrics(summary.mean, y_test),
+            **selective_metrics(summary, y_test, card.risk_policy, card.conformal_quantile),
+            "estimator_error": float(
+                total_variation(summary.mean[:reference_rows], reference).mean()
+            ),
+            "engine_seconds_per_1000_rows": seconds / len(x_test) * 1000,
+        }
+        by_n_samples.append(row)
+        logger.info("N=%d: accuracy %.4f, NLL %.4f, ECE %.4f, estimator error %.4f", n_samples,
+                    row["accuracy"], row["nll"], row["ece"], row["estimator_error"])
+    deterministic = model.predict(x_test, batch_size=1024, verbose=0)
+    ood_n = card.default_n_samples
+    test_summary = summaries.get(ood_n) or mc_summary(engine, x_test, ood_n, seed + ood_n)
+    inside = risk_scores(test_summary)
+    ood = {}
+    for name, inputs in ood_sets(dataset, rows=len(x_test), seed=seed).items():
+        outside = risk_scores(mc_summary(engine, inputs, ood_n, seed + 7))
+        ood[name] = {score: metrics.ood_auroc(inside[score], outside[score]) for score in inside}
+    return {
+        "model_dataset": dataset.name,
+        "test_rows": len(x_test),
+        "by_n_samples": by_n_samples,
+        "deterministic": classification_metrics(deterministic, y_test),
+        "reference": {"n_samples": reference_samples, "rows": reference_rows},
+        "plateau_n_samples": plateau(by_n_samples),
+        "tolerances": {"accuracy": ACCURACY_TOLERANCE, "nll": NLL_TOLERANCE},
+        "ood_n_samples": ood_n,
+        "ood_auroc": ood,
+        "_plots": {
+            "deterministic": deterministic,
+            "test_summary": test_summary,
+            "curves": risk_coverage_curves(test_summary, y_test),
+        },
+    }
+
+
+def write_plots(report: dict[str, Any], card, labels: np.ndarray, output_dir: Path) -> None:
+    from training import plots
+    from uncertainty.metrics import reliability_bins
+
+    rows = report["by_n_samples"]
+    plots.lines_against(
+        [row["n_samples"] for row in rows],
+        {name: [row[name] for row in rows]
+         for name in ("accuracy", "nll", "ece", "estimator_error", "flagged_fraction")},
+        output_dir / "quality_vs_samples.png", xlabel="MC samples N",
+        title=f"Quality against N ({report['model']})", log_x=True,
+    )
+    extra = report["_plots"]
+    plots.reliability_diagram(
+        {"deterministic": reliability_bins(extra["deterministic"], labels),
+         f"MC dropout (N={report['ood_n_samples']})":
+             reliability_bins(extra["test_summary"].mean, labels)},
+        output_dir / "reliability.png",
+    )
+    at_default = next((r for r in rows if r["n_samples"] == report["ood_n_samples"]), None)
+    plots.risk_coverage_plot(
+        extra["curves"], output_dir / "risk_coverage.png",
+        operating_point=(at_default["coverage"], at_default["selective_error"])
+        if at_default else None,
+    )
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    lines = [f"{'N':>5} {'accuracy':>9} {'NLL':>7} {'Brier':>7} {'ECE':>7} {'AURC':>7} "
+             f"{'flagged':>8} {'sel.err':>8} {'set cov':>8} {'est.err':>8}"]
+    for row in report["by_n_samples"]:
+        lines.append(
+            f"{row['n_samples']:>5} {row['accuracy']:>9.4f} {row['nll']:>7.4f} "
+            f"{row['brier']:>7.4f} {row['ece']:>7.4f} {row['aurc']:>7.4f} "
+            f"{row['flagged_fraction']:>8.3f} {row['selective_error']:>8.4f} "
+            f"{row['conformal_coverage']:>8.3f} {row['estimator_error']:>8.4f}"
+        )
+    deterministic = report["deterministic"]
+    lines.append(f"{'det.':>5} {deterministic['accuracy']:>9.4f} {deterministic['nll']:>7.4f} "
+                 f"{deterministic['brier']:>7.4f} {deterministic['ece']:>7.4f}")
+    lines.append(f"accuracy and NLL stop improving at N={report['plateau_n_samples']} "
+                 f"(within {ACCURACY_TOLERANCE:.1%} and {NLL_TOLERANCE} of the best)")
+    for name, aurocs in report["ood_auroc"].items():
+        best = max(aurocs, key=aurocs.get)
+        lines.append(f"OOD {name}: best score {best} AUROC {aurocs[best]:.3f} ("
+                     + ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()) + ")")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.reference_samples < 1 or args.reference_rows < 1:
+        print("uq-evaluate: error: --reference-samples and --reference-rows must be >= 1",
+              file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import bentoml
+
+    from uncertainty.artifact import load_classifier
+
+    try:
+        model_ref = bentoml.models.get(args.model)
+    except bentoml.exceptions.NotFound:
+        print(f"uq-evaluate: error: model {args.model!r} is not in the store "
+              "('bentoml models list' shows what is)", file=sys.stderr)
+        return 2
+    model, card, tag = load_classifier(model_ref)
+    training = card.training
+    try:
+        dataset = load_dataset(card.dataset, training.get("validation_fraction", 0.1),
+                               training.get("seed", 0))
+    except DatasetError as error:
+        print(f"uq-evaluate: error: {error}", file=sys.stderr)
+        return 2
+    report = {"model": tag, **evaluate(model, card, dataset, args.samples,
+                                       args.reference_samples, args.reference_rows, args.seed)}
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    write_plots(report, card, dataset.y_test, args.output_dir)
+    del report["_plots"]
+    (args.output_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
+    print(summary_table(report))
+    print(f"wrote {args.output_dir / 'evaluation.json'} and plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
