@@ -1,0 +1,41 @@
+"""What a load-test request carries and what its answer must hold, apart from
+locust (importing locust monkey-patches the process with gevent)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+PREDICTION_FIELDS = (
+    "label", "class_name", "confidence", "probabilities", "std",
+    "predictive_entropy", "mutual_information", "risk", "prediction_set",
+)
+RISK_FIELDS = ("flagged", "metric", "score", "threshold")
+
+
+def request_bodies(images: np.ndarray, path: str, n_samples: int) -> list[bytes]:
+    """One JSON body per image, encoded once up front."""
+    if path == "/predict_batched":
+        return [json.dumps({"items": [{"instance": image.tolist(), "n_samples": n_samples}]})
+                .encode() for image in images]
+    return [json.dumps({"instances": [image.tolist()], "n_samples": n_samples}).encode()
+            for image in images]
+
+
+def missing_fields(body: object, path: str) -> str | None:
+    """What the response lacks, or None when it carries the whole contract."""
+    if path == "/predict_batched":
+        predictions = body if isinstance(body, list) else None
+    else:
+        predictions = body.get("predictions") if isinstance(body, dict) else None
+        if isinstance(body, dict) and not {"model", "n_samples"} <= body.keys():
+            return "model or n_samples"
+    if not predictions:
+        return "predictions"
+    for prediction in predictions:
+        lacking = [f for f in PREDICTION_FIELDS if f not in prediction]
+        lacking += [f"risk.{f}" for f in RISK_FIELDS if f not in prediction.get("risk", {})]
+        if lacking:
+            return ", ".join(lacking)
+    return None

@@ -1,0 +1,147 @@
+"""The sample-count tradeoff report: tradeoff.csv, tradeoff.md and tradeoff.png.
+
+Rows: one per (path, n_samples) with locust's latency percentiles, throughput
+and failures, plus the quality figures of uq-evaluate's evaluation.json for the
+same N when one is given.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+LOAD_COLUMNS = ("path", "n_samples", "users", "requests", "p50_ms", "p95_ms", "p99_ms", "rps",
+                "failures")
+QUALITY_COLUMNS = ("accuracy", "nll", "ece", "brier", "estimator_error", "flagged_fraction",
+                   "selective_error")
+#: Quality "within tolerance of the best", as uq-evaluate's plateau.
+ACCURACY_TOLERANCE = 0.001
+NLL_TOLERANCE = 0.005
+
+
+def merge_quality(rows: list[dict[str, Any]], evaluation: dict[str, Any] | None) -> None:
+    """Add the evaluation's quality columns to the rows of the same N (in place)."""
+    if evaluation is None:
+        return
+    by_n = {row["n_samples"]: row for row in evaluation["by_n_samples"]}
+    for row in rows:
+        quality = by_n.get(row["n_samples"])
+        if quality:
+            row.update({column: quality[column] for column in QUALITY_COLUMNS})
+
+
+def recommend(
+    rows: list[dict[str, Any]], evaluation: dict[str, Any] | None, latency_budget_ms: float
+) -> dict[str, dict[str, Any]]:
+    """Per path: the smallest N whose accuracy and NLL are within tolerance of the
+    best evaluated, and whose p95 fits the budget (with the reason when none does)."""
+    advice: dict[str, dict[str, Any]] = {}
+    for path in dict.fromkeys(row["path"] for row in rows):
+        candidates = sorted((r for r in rows if r["path"] == path), key=lambda r: r["n_samples"])
+        if evaluation is None:
+            advice[path] = {"n_samples": None,
+                            "reason": "no quality figures: pass --evaluation evaluation.json"}
+            continue
+        best_accuracy = max(r["accuracy"] for r in evaluation["by_n_samples"])
+        best_nll = min(r["nll"] for r in evaluation["by_n_samples"])
+        good_enough = [
+            r for r in candidates
+            if "accuracy" in r and r["accuracy"] >= best_accuracy - ACCURACY_TOLERANCE
+            and r["nll"] <= best_nll + NLL_TOLERANCE
+        ]
+        fitting = [r for r in good_enough if r["p95_ms"] <= latency_budget_ms]
+        if fitting:
+            chosen = fitting[0]
+            advice[path] = {"n_samples": chosen["n_samples"], "p95_ms": chosen["p95_ms"],
+                            "rps": chosen["rps"], "accuracy": chosen["accuracy"],
+                            "nll": chosen["nll"]}
+        elif good_enough:
+            advice[path] = {"n_samples": None, "reason": (
+                f"N={good_enough[0]['n_samples']} reaches the quality, but its p95 "
+                f"{good_enough[0]['p95_ms']:.0f} ms is over the {latency_budget_ms:.0f} ms budget")}
+        else:
+            advice[path] = {"n_samples": None, "reason": (
+                "no swept N is within tolerance of the best evaluated quality; sweep larger N")}
+    return advice
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    columns = list(LOAD_COLUMNS) + [c for c in QUALITY_COLUMNS if any(c in r for r in rows)]
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_markdown(rows: list[dict[str, Any]], advice: dict[str, dict[str, Any]],
+                   latency_budget_ms: float, path: Path) -> None:
+    quality = [c for c in ("accuracy", "nll", "ece", "estimator_error")
+               if any(c in r for r in rows)]
+    header = ["path", "N", "users", "p50 ms", "p95 ms", "p99 ms", "req/s", "failures", *quality]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["path"], row["n_samples"], row["users"], f"{row['p50_ms']:.0f}",
+                 f"{row['p95_ms']:.0f}", f"{row['p99_ms']:.0f}", f"{row['rps']:.1f}",
+                 row["failures"]]
+        cells += [f"{row[c]:.4f}" if c in row else "" for c in quality]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    lines += ["", f"Recommendation (quality within {ACCURACY_TOLERANCE:.1%} accuracy and "
+              f"{NLL_TOLERANCE} NLL of the best, p95 within {latency_budget_ms:.0f} ms):", ""]
+    for api_path, choice in advice.items():
+        if choice["n_samples"] is not None:
+            lines.append(f"- `{api_path}`: N={choice['n_samples']} (p95 {choice['p95_ms']:.0f} ms,"
+                         f" {choice['rps']:.0f} req/s, accuracy {choice['accuracy']:.4f}, "
+                         f"NLL {choice['nll']:.4f})")
+        else:
+            lines.append(f"- `{api_path}`: no N fits: {choice['reason']}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Latency and throughput against N per path, beside accuracy, NLL and ECE."""
+    quality = [c for c in ("accuracy", "nll", "ece") if any(c in r for r in rows)]
+    panels = 2 + len(quality)
+    figure, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.6))
+    paths = dict.fromkeys(row["path"] for row in rows)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for api_path, color in zip(paths, colors, strict=False):  # more colours than paths
+        mine = sorted((r for r in rows if r["path"] == api_path), key=lambda r: r["n_samples"])
+        n_values = [r["n_samples"] for r in mine]
+        axes[0].plot(n_values, [r["p95_ms"] for r in mine], marker="o", color=color,
+                     label=f"{api_path} p95")
+        axes[0].plot(n_values, [r["p50_ms"] for r in mine], marker=".", linestyle="--",
+                     color=color, label=f"{api_path} p50")
+        axes[1].plot(n_values, [r["rps"] for r in mine], marker="o", color=color, label=api_path)
+    axes[0].set(xlabel="MC samples N", ylabel="ms", title="Latency")
+    axes[1].set(xlabel="MC samples N", ylabel="requests / s", title="Throughput")
+    by_n = {r["n_samples"]: r for r in rows if "accuracy" in r}
+    n_quality = sorted(by_n)
+    for axis, column in zip(axes[2:], quality, strict=True):
+        axis.plot(n_quality, [by_n[n][column] for n in n_quality], marker="o", color="black")
+        axis.set(xlabel="MC samples N", title=column)
+    for axis in axes:
+        axis.set_xscale("log")
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_report(rows: list[dict[str, Any]], evaluation: dict[str, Any] | None,
+                 latency_budget_ms: float, output_dir: Path) -> dict[str, dict[str, Any]]:
+    merge_quality(rows, evaluation)
+    advice = recommend(rows, evaluation, latency_budget_ms)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, output_dir / "tradeoff.csv")
+    write_markdown(rows, advice, latency_budget_ms, output_dir / "tradeoff.md")
+    write_plot(rows, output_dir / "tradeoff.png")
+    return advice
+

@@ -1,0 +1,255 @@
+"""uq-loadtest: what each extra MC sample costs in latency and throughput.
+
+    uq-loadtest --host http://127.0.0.1:3000 --samples 1,10,30 --duration 30 --users 32 \\
+        --evaluation reports/evaluate/evaluation.json --output-dir reports/loadtest
+    uq-loadtest --serve --samples 1,10,30     # starts the service itself, then stops it
+
+For each path (/predict, /predict_batched) and each N, locust runs headless for
+``--duration`` seconds with ``--users`` users posting real test images of the
+served model's dataset. The report (tradeoff.csv, tradeoff.md, tradeoff.png)
+puts latency and throughput beside uq-evaluate's quality figures for the same
+N, and recommends the smallest N whose quality is within tolerance of the best
+and whose p95 fits ``--latency-budget-ms``. Only loopback hosts are accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+PATHS = ("/predict", "/predict_batched")
+MAX_USERS = 256
+MAX_DURATION_SECONDS = 3600
+IMAGES = 500
+
+
+class LoadTestError(Exception):
+    """A problem to report in one line (exit code 2)."""
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"sample counts must be >= 1, got {text!r}")
+    return counts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineErrorParser(prog="uq-loadtest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", help="service URL on loopback, e.g. http://127.0.0.1:3000 "
+                        "(not with --serve)")
+    parser.add_argument("--serve", action="store_true",
+                        help="start `bentoml serve` on a free loopback port for the run")
+    parser.add_argument("--model", default="uq-classifier:latest",
+                        help="tag to serve with --serve (default: %(default)s)")
+    parser.add_argument("--samples", type=_counts, default=(1, 10, 30),
+                        help="comma-separated N to sweep (default: 1,10,30)")
+    parser.add_argument("--paths", default=",".join(PATHS),
+                        help="comma-separated API paths to sweep (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="seconds per (path, N) run (default: %(default)s)")
+    parser.add_argument("--users", type=int, default=32,
+                        help="concurrent locust users (default: %(default)s)")
+    parser.add_argument("--evaluation", type=Path,
+                        help="uq-evaluate's evaluation.json, for the quality columns")
+    parser.add_argument("--latency-budget-ms", type=float, default=100.0,
+                        help="p95 a recommended N must fit (default: %(default)s)")
+    parser.add_argument("--output-dir", type=Path, default=Path("reports/loadtest"),
+                        help="where the tradeoff files go (default: %(default)s)")
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> tuple[str, ...]:
+    """The API paths to sweep; raises LoadTestError for anything out of bounds."""
+    if args.serve == bool(args.host):
+        raise LoadTestError("give exactly one of --host URL and --serve")
+    if args.host:
+        check_loopback(args.host)
+    if not 1 <= args.users <= MAX_USERS:
+        raise LoadTestError(f"--users must lie in [1, {MAX_USERS}], got {args.users}")
+    if not 1 <= args.duration <= MAX_DURATION_SECONDS:
+        raise LoadTestError(
+            f"--duration must lie in [1, {MAX_DURATION_SECONDS}] seconds, got {args.duration}"
+        )
+    paths = tuple(p if p.startswith("/") else f"/{p}" for p in args.paths.split(","))
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        raise LoadTestError(f"unknown path {unknown[0]!r}; expected {', '.join(PATHS)}")
+    if args.evaluation is not None and not args.evaluation.is_file():
+        raise LoadTestError(f"--evaluation {args.evaluation} is not a file")
+    return paths
+
+
+def check_loopback(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise LoadTestError(f"--host must be an http URL, got {url!r}")
+    host = parsed.hostname
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise LoadTestError(f"--host must be on loopback (127.0.0.1, ::1, localhost), got {host}")
+
+
+def fetch_card(host: str) -> dict[str, Any]:
+    request = urllib.request.Request(f"{host.rstrip('/')}/metadata", data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise LoadTestError(f"cannot read {host}/metadata: {error}") from None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def served(model: str, output_dir: Path):
+    """Run `bentoml serve` for ``model`` on a free loopback port; yields its URL."""
+    port = free_port()
+    log_path = output_dir / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPOSITORY, env={**os.environ, "UQ_MODEL": model}, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, process, log_path)
+            yield url
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text().strip().splitlines()[-1:]
+            raise LoadTestError(f"the service exited: {' '.join(tail)}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise LoadTestError(f"the service was not ready within {timeout:.0f} s (see {log_path})")
+
+
+def run_locust(host: str, path: str, n_samples: int, users: int, duration: float,
+               images: Path, work_dir: Path) -> dict[str, Any]:
+    """One headless locust run; the row of the tradeoff table."""
+    prefix = work_dir / f"{path.strip('/')}_{n_samples}"
+    env = {**os.environ, "UQ_LOADTEST_IMAGES": str(images), "UQ_LOADTEST_PATH": path,
+           "UQ_LOADTEST_N_SAMPLES": str(n_samples)}
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+               "--host", host, "-u", str(users), "-r", str(users), "-t", f"{duration:g}s",
+               "--csv", str(prefix), "--only-summary", "--stop-timeout", "5",
+               "--loglevel", "WARNING"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True,
+                            timeout=duration + 120)
+    stats_path = Path(f"{prefix}_stats.csv")
+    if not stats_path.is_file():
+        raise LoadTestError(f"locust wrote no statistics: {result.stderr.strip()[-300:]}")
+    with open(stats_path, newline="") as file:
+        stats = next((row for row in csv.DictReader(file) if row["Name"] == path), None)
+    if stats is None or int(stats["Request Count"]) == 0:
+        raise LoadTestError(f"locust sent no request to {path}: {result.stderr.strip()[-300:]}")
+    return {
+        "path": path, "n_samples": n_samples, "users": users,
+        "requests": int(stats["Request Count"]),
+        "p50_ms": float(stats["50%"]), "p95_ms": float(stats["95%"]),
+        "p99_ms": float(stats["99%"]), "rps": float(stats["Requests/s"]),
+        "failures": int(stats["Failure Count"]),
+    }
+
+
+def sweep(host: str, args: argparse.Namespace, paths: tuple[str, ...]) -> list[dict[str, Any]]:
+    from training.data import load_dataset
+
+    card = fetch_card(host)
+    images = load_dataset(card["dataset"]).x_test[:IMAGES]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="uq-loadtest-") as work:
+        image_path = Path(work) / "images.npy"
+        np.save(image_path, images)
+        for path in paths:
+            for n_samples in args.samples:
+                row = run_locust(host, path, n_samples, args.users, args.duration,
+                                 image_path, Path(work))
+                print(f"{path} N={n_samples}: {row['rps']:.1f} req/s, p50 {row['p50_ms']:.0f} ms,"
+                      f" p95 {row['p95_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
+                      f"{row['failures']} failures", flush=True)
+                rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        paths = check_arguments(args)
+        evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        if args.serve:
+            with served(args.model, args.output_dir) as host:
+                rows = sweep(host, args, paths)
+        else:
+            rows = sweep(args.host, args, paths)
+    except (LoadTestError, ValueError) as error:
+        print(f"uq-loadtest: error: {error}", file=sys.stderr)
+        return 2
+    from loadtest.report import write_report
+
+    write_report(rows, evaluation, args.latency_budget_ms, args.output_dir)
+    print((args.output_dir / "tradeoff.md").read_text())
+    print(f"wrote {args.output_dir}/tradeoff.csv, tradeoff.md and tradeoff.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

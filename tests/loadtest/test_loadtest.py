@@ -1,0 +1,87 @@
+import csv
+import json
+
+import pytest
+
+from loadtest.contract import missing_fields
+from loadtest.report import recommend
+from loadtest.sweep import main
+
+PREDICTION = {
+    "label": 1, "class_name": "1", "confidence": 0.9, "probabilities": [0.1, 0.9],
+    "std": [0.01, 0.01], "predictive_entropy": 0.3, "mutual_information": 0.01,
+    "risk": {"flagged": False, "metric": "mutual_information", "score": 0.01, "threshold": 0.1},
+    "prediction_set": ["1"],
+}
+
+
+def evaluation(rows):
+    return {"by_n_samples": [
+        {"n_samples": n, "accuracy": accuracy, "nll": nll, "ece": 0.01, "brier": 0.1,
+         "estimator_error": 0.1 / n, "flagged_fraction": 0.2, "selective_error": 0.01}
+        for n, accuracy, nll in rows
+    ]}
+
+
+def test_smoke_sweep_against_the_real_server(server, tmp_path, capsys):
+    evaluation_path = tmp_path / "evaluation.json"
+    evaluation_path.write_text(json.dumps(evaluation([(1, 0.90, 0.40), (2, 0.93, 0.30)])))
+    code = main(["--host", server, "--samples", "1,2", "--duration", "2", "--users", "2",
+                 "--evaluation", str(evaluation_path), "--latency-budget-ms", "10000",
+                 "--output-dir", str(tmp_path)])
+    assert code == 0
+    with open(tmp_path / "tradeoff.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["path"], r["n_samples"]) for r in rows] == [
+        ("/predict", "1"), ("/predict", "2"), ("/predict_batched", "1"),
+        ("/predict_batched", "2")]
+    for row in rows:
+        assert {"p50_ms", "p95_ms", "p99_ms", "rps", "failures", "accuracy", "nll"} <= row.keys()
+        assert int(row["requests"]) > 0 and int(row["failures"]) == 0
+        assert float(row["rps"]) > 0 and float(row["p99_ms"]) >= float(row["p50_ms"])
+    markdown = (tmp_path / "tradeoff.md").read_text()
+    assert "| /predict_batched | 2 |" in markdown
+    assert "- `/predict`: N=2" in markdown  # N=1 is 3% less accurate than N=2
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0
+    assert "tradeoff.csv" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--host", "http://10.0.0.8:3000"], "must be on loopback"),
+        (["--host", "http://127.0.0.1:3000", "--users", "1000"], "--users must lie in"),
+        (["--host", "http://127.0.0.1:3000", "--duration", "0"], "--duration must lie in"),
+        (["--host", "http://127.0.0.1:3000", "--paths", "/generate"], "unknown path"),
+        (["--host", "http://127.0.0.1:3000", "--serve"], "exactly one of --host"),
+        ([], "exactly one of --host"),
+        (["--host", "http://127.0.0.1:9"], "cannot read http://127.0.0.1:9/metadata"),
+    ],
+)
+def test_bad_arguments_are_one_line_exit_2(argv, message, tmp_path, capsys):
+    assert main([*argv, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_recommendation_is_the_smallest_good_enough_n_within_budget():
+    figures = [(1, 0.880, 0.40), (10, 0.899, 0.285), (30, 0.9045, 0.272), (100, 0.905, 0.270)]
+    quality = evaluation(figures)
+    rows = [{"path": "/predict", "n_samples": n, "p95_ms": p95, "rps": 100.0,
+             "accuracy": accuracy, "nll": nll}
+            for (n, accuracy, nll), p95 in zip(figures, [5, 10, 20, 80], strict=True)]
+    assert recommend(rows, quality, latency_budget_ms=50)["/predict"]["n_samples"] == 30
+    tight = recommend(rows, quality, latency_budget_ms=15)["/predict"]
+    assert tight["n_samples"] is None and "over the 15 ms budget" in tight["reason"]
+
+
+def test_locust_checks_every_field_of_the_contract():
+    assert missing_fields({"model": "m", "n_samples": 3, "predictions": [PREDICTION]},
+                          "/predict") is None
+    assert missing_fields([PREDICTION], "/predict_batched") is None
+    broken = {key: value for key, value in PREDICTION.items() if key != "std"}
+    assert missing_fields([broken], "/predict_batched") == "std"
+    no_flag = {**PREDICTION, "risk": {"metric": "m", "score": 1, "threshold": 0}}
+    assert missing_fields({"model": "m", "n_samples": 3, "predictions": [no_flag]},
+                          "/predict") == "risk.flagged"
+    assert missing_fields({"error": "x"}, "/predict") == "model or n_samples"
