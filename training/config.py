@@ -94,10 +94,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        _check_model_name(self.model_name)
+        check_model_name(self.model_name)
 
 
-def _check_model_name(name: str) -> None:
+def check_model_name(name: str) -> None:
     import bentoml
 
     try:

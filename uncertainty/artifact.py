@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import keras
 
 DEFAULT_CLASSIFIER_NAME = "uq-classifier"
+DEFAULT_GENERATOR_NAME = "uq-generator"
 MODEL_FILE = "model.keras"
 
 
@@ -69,3 +70,44 @@ def load_classifier(tag_or_ref: str | bentoml.Model) -> tuple[keras.Model, Model
     model = keras.saving.load_model(model_ref.path_of(MODEL_FILE), compile=False)
     return model, read_card(model_ref), str(model_ref.tag)
 
+
+class GeneratorCard(BaseModel):
+    """What a served GAN generator needs: it maps standard-normal latent vectors
+    ``[batch, latent_dim]`` to images ``[batch, *output_shape]`` in ``value_range``,
+    the classifier's input for the same dataset."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    latent_dim: int
+    output_shape: list[int]  # one image, without the batch axis: the classifier's input_shape
+    value_range: tuple[float, float]  # raw pixel values, as the classifier expects them
+    preset: str
+    training: dict[str, Any]  # the training configuration, for the record
+    metrics: dict[str, float]  # the last epoch's losses and discriminator accuracies
+
+
+def save_generator(
+    generator: keras.Model, card: GeneratorCard, name: str = DEFAULT_GENERATOR_NAME
+) -> str:
+    """Save an uncompiled generator to the model store; returns the tag (``name:version``)."""
+    import bentoml
+
+    with bentoml.models.create(
+        name,
+        metadata=card.model_dump(mode="json"),
+        labels={"kind": "generator", "dataset": card.dataset.split(":")[0],
+                "preset": card.preset},
+    ) as model_ref:
+        generator.save(model_ref.path_of(MODEL_FILE))
+    return str(model_ref.tag)
+
+
+def load_generator(tag_or_ref: str | bentoml.Model) -> tuple[keras.Model, GeneratorCard, str]:
+    """The Keras generator, its card and its full tag, from a tag or a store entry."""
+    import bentoml
+    import keras
+
+    model_ref = bentoml.models.get(tag_or_ref) if isinstance(tag_or_ref, str) else tag_or_ref
+    generator = keras.saving.load_model(model_ref.path_of(MODEL_FILE), compile=False)
+    return generator, GeneratorCard.model_validate(model_ref.info.metadata), str(model_ref.tag)
