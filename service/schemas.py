@@ -176,6 +176,16 @@ class BatchItem(BaseModel):
     n_samples: NSamples | None = None
 
 
+class GenerateRequest(BaseModel):
+    """``POST /generate``: images from the GAN generator, each with its prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: Annotated[StrictInt, Field(ge=1, le=settings.max_instances)] = 8
+    n_samples: NSamples | None = None
+    seed: Seed | None = Field(None, description="the same seed gives the same response")
+
+
 class Risk(BaseModel):
     flagged: bool
     metric: str
@@ -224,3 +234,16 @@ def parse_image(path: str, spec: InputSpec) -> np.ndarray:
         raise ValueError("not a readable PNG or JPEG image") from None
     low, high = spec.value_range
     return (low + pixels * ((high - low) / 255.0)).reshape(spec.input_shape).astype(np.float32)
+
+
+class GeneratedSample(BaseModel):
+    image: list[Any]  # shaped like the classifier's input, raw pixel values
+    prediction: Prediction
+
+
+class GenerateResponse(BaseModel):
+    generator: str
+    model: str
+    n_samples: int
+    seed: int
+    samples: list[GeneratedSample]

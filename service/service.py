@@ -13,6 +13,7 @@ import functools
 import gc
 import logging
 import os
+import secrets
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +28,8 @@ from service.middleware import ServiceMiddleware, quiet_client_error_tracebacks
 from service.schemas import (
     ACTIVE_INPUT,
     BatchItem,
+    GenerateRequest,
+    GenerateResponse,
     NSamples,
     Prediction,
     PredictRequest,
@@ -61,21 +64,27 @@ REQUEST_TIMEOUT_SECONDS = 20
 )
 class UQService:
     model_ref = bentoml.models.BentoModel(settings.model)
+    if settings.generator:
+        generator_ref = bentoml.models.BentoModel(settings.generator)
 
     def __init__(self) -> None:
         self.predictor = None
+        self.sampler = None
         threading.Thread(target=self._load, name="uq-model-loader", daemon=True).start()
 
     def _load(self) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+        from service.generation import Sampler
         from service.predictor import Predictor  # imports TensorFlow: worker only
 
         try:
             predictor = Predictor.load(
                 self.model_ref, settings.default_samples, warm_up_batch=settings.batch_max_size
             )
+            if settings.generator:
+                self.sampler = Sampler.load(self.generator_ref, predictor.spec)
         except Exception:
-            logger.exception("could not load %s; /readyz stays 503", settings.model)
+            logger.exception("could not load the models; /readyz stays 503")
             return
         _settle_garbage_collector()
         self.predictor = predictor
@@ -139,12 +148,41 @@ class UQService:
         )
         return self._response(predictions, n_samples)
 
+    @bentoml.api(route="/generate")
+    def generate(self, request: GenerateRequest, /) -> GenerateResponse:
+        """Images from the GAN generator (UQ_GENERATOR), each with the classifier's MC
+        prediction; the same seed gives the same response."""
+        if self.sampler is None:
+            raise bentoml.exceptions.NotFound(
+                "no generator is configured: set UQ_GENERATOR to a tag that uq-train-gan saved"
+            )
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        images = self.sampler.images(request.count, seed)  # [count, *input_shape]
+        predictions = self.predictor.predict(
+            images, request.n_samples, seed, None, endpoint="generate"
+        )
+        return GenerateResponse.model_validate({
+            "generator": self.sampler.tag,
+            "model": self.predictor.tag,
+            "n_samples": request.n_samples or self.predictor.default_samples,
+            "seed": seed,
+            "samples": [
+                {"image": np.round(image, 3).tolist(), "prediction": prediction}
+                for image, prediction in zip(images, predictions, strict=True)
+            ],
+        })
+
     @bentoml.api(route="/metadata")
     def metadata(self) -> dict[str, Any]:
-        """The model card, with the served tag and the service's limits."""
+        """The model card, with the served tag, the generator's and the service's limits."""
+        generator = (
+            {"tag": self.sampler.tag, **self.sampler.card.model_dump(mode="json")}
+            if self.sampler else None
+        )
         return {
             "model": self.predictor.tag,
             **self.predictor.card.model_dump(mode="json"),
+            "generator": generator,
             "service": settings.model_dump(),
         }
 

@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # the service reads its settings once, at import: set them before any test imports it
 SERVICE_ENV = {
     "UQ_MODEL": "uq-test-digits:latest",  # the classifier_tag fixture's
+    "UQ_GENERATOR": "uq-test-generator:latest",  # the generator_tag fixture's
     "UQ_MAX_INSTANCES": "16",
     "UQ_MAX_SAMPLES": "200",
     "UQ_BATCH_MAX_SIZE": "8",
@@ -56,6 +57,19 @@ def classifier_tag(tmp_path_factory) -> str:
     return train(config, load_dataset("digits")).tag
 
 
+@pytest.fixture(scope="session")
+def generator_tag(tmp_path_factory) -> str:
+    """A tiny dense GAN generator for the digits classifier, trained once per session."""
+    from training.data import load_dataset
+    from training.train_gan import GanConfig, train_gan
+
+    config = GanConfig(
+        dataset="digits", model_name="uq-test-generator", epochs=1, latent_dim=8,
+        output_dir=tmp_path_factory.mktemp("generator"),
+    )
+    return train_gan(config, load_dataset("digits")).tag
+
+
 def wait_ready(get, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -75,7 +89,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def server(classifier_tag, tmp_path_factory) -> str:
+def server(classifier_tag, generator_tag, tmp_path_factory) -> str:
     """Base URL of a real ``bentoml serve`` on loopback."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}

@@ -40,7 +40,6 @@ from training.config import (
 from training.data import DATASET_NAMES, Dataset, DatasetError, load_dataset
 from uncertainty.artifact import ModelCard
 
-logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:

@@ -28,13 +28,14 @@ def manifests() -> dict[str, dict]:
     return documents
 
 
-def test_bentoml_build_accepts_the_bentofile(classifier_tag, tmp_path):
-    env = {**os.environ, "UQ_MODEL": classifier_tag}
+def test_bentoml_build_accepts_the_bentofile(classifier_tag, generator_tag, tmp_path):
+    env = {**os.environ, "UQ_MODEL": classifier_tag, "UQ_GENERATOR": generator_tag}
     result = subprocess.run([sys.executable, "-m", "bentoml", "build"], cwd=REPOSITORY, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     bento = bentoml.bentos.get("uq-service:latest")
-    assert classifier_tag in [str(model.tag) for model in bento.info.all_models]
+    packed = [str(model.tag) for model in bento.info.all_models]
+    assert classifier_tag in packed and generator_tag in packed
     assert bento.info.labels["owner"] == "uq-team"
     source = Path(bento.path_of("src"))
     assert (source / "service" / "service.py").is_file()

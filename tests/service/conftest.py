@@ -7,7 +7,7 @@ from tests.conftest import wait_ready
 
 
 @pytest.fixture(scope="session")
-def client(classifier_tag):
+def client(classifier_tag, generator_tag):
     """The service in this process, behind starlette's TestClient."""
     from starlette.testclient import TestClient
 

@@ -3,6 +3,7 @@
 import io
 import json
 
+import bentoml
 import numpy as np
 import pytest
 from PIL import Image
@@ -115,3 +116,23 @@ def test_apis_answer_503_until_the_model_is_loaded(client, monkeypatch):
     monkeypatch.setattr(ACTIVE_INPUT, "spec", None)
     assert_error(post(client, "/predict", {"instances": [DIGIT]}), 503, "still loading")
     assert client.get("/livez").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"),
+    [
+        ({"count": 0}, ["count", "greater than or equal to 1"]),
+        ({"count": 17}, ["count", "less than or equal to 16"]),
+        ({"count": "3"}, ["count", "valid integer"]),
+        ({"count": 2.5}, ["count", "valid integer"]),
+        ({"count": 2, "n_samples": 0}, ["n_samples"]),
+        ({"count": 2, "temperature": 1}, ["temperature", "Extra inputs"]),
+    ],
+)
+def test_bad_generate_requests_name_the_field(client, body, fragments):
+    assert_error(post(client, "/generate", body), 400, *fragments)
+
+
+def test_generate_without_a_generator_is_404(client, monkeypatch):
+    monkeypatch.setattr(bentoml.get_current_service(), "sampler", None)
+    assert_error(post(client, "/generate", {"count": 2}), 404, "UQ_GENERATOR")

@@ -130,3 +130,22 @@ def test_python_client(server, digits):
     with bentoml.SyncHTTPClient(server) as client:
         body = client.predict({"instances": digits[:1].tolist(), "seed": 3})
     assert body["predictions"][0]["class_name"] in [str(i) for i in range(10)]
+
+
+def test_generate_is_seeded_and_shaped_like_the_classifier_input(http, generator_tag,
+                                                                 classifier_tag):
+    request = {"count": 3, "n_samples": 5, "seed": 4}
+    first = http.post("/generate", json=request)
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert (body["generator"], body["model"]) == (generator_tag, classifier_tag)
+    assert body["seed"] == 4 and body["n_samples"] == 5 and len(body["samples"]) == 3
+    for sample in body["samples"]:
+        image = np.asarray(sample["image"])
+        assert image.shape == (8, 8) and 0 <= image.min() and image.max() <= 16
+        prediction = sample["prediction"]
+        assert prediction["label"] == int(np.argmax(prediction["probabilities"]))
+        assert {"flagged", "metric", "score", "threshold"} == prediction["risk"].keys()
+    assert http.post("/generate", json=request).json() == body
+    assert http.post("/generate", json={**request, "seed": 5}).json() != body
+    assert http.post("/metadata", json={}).json()["generator"]["tag"] == generator_tag

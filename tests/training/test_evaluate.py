@@ -73,3 +73,23 @@ def test_upscaled_digits_and_ood_sets():
     assert set(sets) == {"gaussian_noise", "inverted"}
     np.testing.assert_allclose(sets["inverted"], 16.0 - dataset.x_test[:50])
     assert sets["gaussian_noise"].shape == (50, 8, 8)
+
+
+def test_generated_images_join_the_report(classifier_tag, generator_tag, tmp_path):
+    code = main(["--model", classifier_tag, "--samples", "2", "--output-dir", str(tmp_path),
+                 "--reference-samples", "10", "--reference-rows", "20",
+                 "--generator", generator_tag, "--generated-images", "64"])
+    assert code == 0
+    generated = json.loads((tmp_path / "evaluation.json").read_text())["generated"]
+    assert generated["generator"] == generator_tag and generated["images"] == 64
+    assert set(generated["flagged_fraction"]) == {"generated", "test"}
+    assert all(0 <= value <= 1 for value in generated["flagged_fraction"].values())
+    assert set(generated["auroc"]) == set(generated["mean_scores"])
+
+
+def test_unknown_generator_is_one_line_exit_2(classifier_tag, tmp_path, capsys):
+    code = main(["--model", classifier_tag, "--generator", "uq-no-generator:latest",
+                 "--output-dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "uq-no-generator" in err and "\n" not in err
