@@ -31,12 +31,24 @@ SERVER_PID=
 fail() { echo "container-smoke: FAILED: $*" >&2; exit 1; }
 step() { echo "container-smoke: $* ($(date +%T))"; }
 
+CONTAINER_NAMESPACE=
+# every process in the container's mount namespace: bentoml's workers leave buildah's
+# process group, and PID 1 adopts them
+container_processes() {
+    local pid
+    [ -n "$CONTAINER_NAMESPACE" ] || return 0
+    for pid in /proc/[0-9]*; do
+        [ "$(readlink "$pid/ns/mnt" 2>/dev/null)" = "$CONTAINER_NAMESPACE" ] && echo "${pid#/proc/}"
+    done
+}
+
 cleanup() {
     if [ -n "$SERVER_PID" ]; then
         kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
         sleep 2
         kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
     fi
+    container_processes | xargs -r kill -KILL 2>/dev/null || true
     buildah rm "$CONTAINER" >/dev/null 2>&1 || true
     [ "${KEEP_IMAGE:-0}" = 1 ] || podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
     rm -rf "$WORK" "$REPOSITORY/build/model"
@@ -109,6 +121,16 @@ step "serving inside the container on 127.0.0.1:$PORT"
 setsid buildah run --isolation chroot "$CONTAINER" -- \
     bentoml serve --host 127.0.0.1 --port "$PORT" > "$WORK/serve.log" 2>&1 < /dev/null &
 SERVER_PID=$!
+for _ in $(seq 1 30); do
+    SERVE_PID=$(pgrep -f "bentoml serve --host 127.0.0.1 --port $PORT" | grep -vx "$SERVER_PID" \
+        | tail -n 1 || true)
+    NAMESPACE=$(readlink "/proc/${SERVE_PID:-0}/ns/mnt" 2>/dev/null || true)
+    if [ -n "$NAMESPACE" ] && [ "$NAMESPACE" != "$(readlink /proc/self/ns/mnt)" ]; then
+        CONTAINER_NAMESPACE=$NAMESPACE
+        break
+    fi
+    sleep 1
+done
 
 for _ in $(seq 1 150); do
     kill -0 "$SERVER_PID" 2>/dev/null || fail "the server exited: $(tail -n 3 "$WORK/serve.log")"
