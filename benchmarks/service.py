@@ -18,20 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def percentiles(latencies_ms: list[float]) -> dict[str, float]:
@@ -56,29 +50,6 @@ def engine_milliseconds(tag: str, image: np.ndarray, n_samples: int) -> float:
         engine.sample(x, n_samples)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
-
-
-def start_server(tag: str, port: int, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "UQ_MODEL": tag}
-    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPOSITORY, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-
-
-def wait_ready(port: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("the service did not become ready")
 
 
 def _request_bytes(path: str, body: bytes) -> bytes:
@@ -140,12 +111,6 @@ def concurrent(port: int, path: str, bodies: list[bytes], clients: int, seconds:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest", help="classifier tag")
@@ -158,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import bentoml
 
+    from loadtest.sweep import served
     from training.data import load_dataset
     from uncertainty.artifact import read_card
 
@@ -171,11 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     batched_bodies = [json.dumps({"items": [{"instance": image.tolist(),
                                              "n_samples": args.n_samples}]}).encode()
                       for image in images]
-    port = free_port()
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    server = start_server(args.model, port, args.output.with_suffix(".serve.log"))
-    try:
-        wait_ready(port)
+    with served(args.model, args.output.parent) as url:
+        port = int(url.rsplit(":", 1)[1])
         single = sequential(port, "/predict", predict_bodies, requests=500)
         print(f"sequential /predict: p50 {single['p50_ms']:.2f} ms", flush=True)
         loads = []
@@ -185,9 +149,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.concurrency} clients {path}: {loads[-1]['rps']:.0f} req/s, "
                   f"p99 {loads[-1]['p99_ms']:.1f} ms, {loads[-1]['failures']} failures",
                   flush=True)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
 
     predict_load, batched_load = loads
     speedup = batched_load["rps"] / predict_load["rps"]

@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from training.cli import OneLineErrorParser, sample_counts
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -49,32 +49,15 @@ class LoadTestError(Exception):
     """A problem to report in one line (exit code 2)."""
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _counts(text: str) -> tuple[int, ...]:
-    try:
-        counts = tuple(sorted({int(part) for part in text.split(",")}))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not counts or counts[0] < 1:
-        raise argparse.ArgumentTypeError(f"sample counts must be >= 1, got {text!r}")
-    return counts
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineErrorParser(prog="uq-loadtest", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="uq-loadtest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", help="service URL on loopback, e.g. http://127.0.0.1:3000 "
                         "(not with --serve)")
     parser.add_argument("--serve", action="store_true",
                         help="start `bentoml serve` on a free loopback port for the run")
     parser.add_argument("--model", default="uq-classifier:latest",
                         help="tag to serve with --serve (default: %(default)s)")
-    parser.add_argument("--samples", type=_counts, default=(1, 10, 30),
+    parser.add_argument("--samples", type=sample_counts, default=(1, 10, 30),
                         help="comma-separated N to sweep (default: 1,10,30)")
     parser.add_argument("--paths", default=",".join(PATHS),
                         help="comma-separated API paths to sweep (default: %(default)s)")

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from training.cli import OneLineErrorParser, sample_counts
 from training.data import DatasetError, load_dataset
 
 logger = logging.getLogger(__name__)
@@ -36,27 +37,10 @@ ACCURACY_TOLERANCE = 0.001
 NLL_TOLERANCE = 0.005
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _sample_counts(text: str) -> tuple[int, ...]:
-    try:
-        counts = tuple(sorted({int(part) for part in text.split(",")}))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not counts or counts[0] < 1:
-        raise argparse.ArgumentTypeError(f"sample counts must be >= 1, got {text!r}")
-    return counts
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineErrorParser(prog="uq-evaluate", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="uq-evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest", help="classifier tag")
-    parser.add_argument("--samples", type=_sample_counts, default=DEFAULT_SAMPLES,
+    parser.add_argument("--samples", type=sample_counts, default=DEFAULT_SAMPLES,
                         help="comma-separated N to evaluate (default: 1,2,5,10,20,30,50,100)")
     parser.add_argument("--output-dir", type=Path, default=Path("reports/evaluate"),
                         help="where evaluation.json and the plots go (default: %(default)s)")

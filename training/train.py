@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from training.cli import OneLineErrorParser, integers
 from training.config import (
     ACTIVATIONS,
     ARCHITECTURES,
@@ -48,23 +49,9 @@ class TrainResult:
     report_path: Path
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse prints usage too; keep one line
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _units(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults, model_defaults = TrainConfig(), ModelConfig()
-    parser = _OneLineErrorParser(
+    parser = OneLineErrorParser(
         prog="uq-train", description="Train, calibrate and store the MC dropout classifier."
     )
     add = parser.add_argument
@@ -99,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reports and the resumable backup (default: %(default)s)")
     add("--architecture", default=model_defaults.architecture, choices=ARCHITECTURES,
         help="(default: %(default)s)")
-    add("--hidden-units", type=_units, default=model_defaults.hidden_units,
+    add("--hidden-units", type=integers, default=model_defaults.hidden_units,
         help="comma-separated Dense sizes (default: 1024,1024)")
     add("--activation", default=model_defaults.activation, choices=ACTIVATIONS,
         help="selu uses LeCun initialisation and AlphaDropout (default: %(default)s)")
@@ -111,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="MaxNorm constraint c on every kernel (default: %(default)s)")
     add("--batch-norm", action=argparse.BooleanOptionalAction,
         default=model_defaults.batch_norm, help="(default: off)")
-    add("--conv-filters", type=_units, default=model_defaults.conv_filters,
+    add("--conv-filters", type=integers, default=model_defaults.conv_filters,
         help="cnn: filters per conv block (default: 32,64)")
     add("--conv-dropout", type=float, default=model_defaults.conv_dropout,
         help="cnn: SpatialDropout2D rate (default: %(default)s)")

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from training.cli import OneLineErrorParser
 from training.config import check_model_name
 from training.data import DATASET_NAMES, Dataset, DatasetError, load_dataset
 from uncertainty.artifact import DEFAULT_GENERATOR_NAME, GeneratorCard
@@ -75,14 +76,9 @@ class GanResult:
     grid_path: Path
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse prints usage too; keep one line
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = GanConfig()
-    parser = _OneLineErrorParser(
+    parser = OneLineErrorParser(
         prog="uq-train-gan", description="Train a GAN and store its generator."
     )
     add = parser.add_argument

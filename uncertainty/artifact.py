@@ -46,15 +46,7 @@ def save_classifier(
     model: keras.Model, card: ModelCard, name: str = DEFAULT_CLASSIFIER_NAME
 ) -> str:
     """Save to the model store; returns the tag (``name:version``)."""
-    import bentoml
-
-    with bentoml.models.create(
-        name,
-        metadata=card.model_dump(mode="json"),
-        labels={"kind": "classifier", "dataset": card.dataset.split(":")[0]},
-    ) as model_ref:
-        model.save(model_ref.path_of(MODEL_FILE))
-    return str(model_ref.tag)
+    return _save(model, card, name, {"kind": "classifier"})
 
 
 def read_card(model_ref: bentoml.Model) -> ModelCard:
@@ -91,15 +83,19 @@ def save_generator(
     generator: keras.Model, card: GeneratorCard, name: str = DEFAULT_GENERATOR_NAME
 ) -> str:
     """Save an uncompiled generator to the model store; returns the tag (``name:version``)."""
+    return _save(generator, card, name, {"kind": "generator", "preset": card.preset})
+
+
+def _save(model: keras.Model, card: BaseModel, name: str, labels: dict[str, str]) -> str:
+    """``model.keras`` and the card as metadata, under ``name``; the new tag."""
     import bentoml
 
     with bentoml.models.create(
         name,
         metadata=card.model_dump(mode="json"),
-        labels={"kind": "generator", "dataset": card.dataset.split(":")[0],
-                "preset": card.preset},
+        labels={**labels, "dataset": card.dataset.split(":")[0]},
     ) as model_ref:
-        generator.save(model_ref.path_of(MODEL_FILE))
+        model.save(model_ref.path_of(MODEL_FILE))
     return str(model_ref.tag)
 
 

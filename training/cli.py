@@ -1,0 +1,31 @@
+"""Command-line plumbing shared by uq-train, uq-train-gan, uq-evaluate and uq-loadtest."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (and exit code 2), without
+    the usage block."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def integers(text: str) -> tuple[int, ...]:
+    """An option value like ``1024,512``."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def sample_counts(text: str) -> tuple[int, ...]:
+    """MC sample counts like ``1,10,30``: distinct, ascending, each >= 1."""
+    counts = tuple(sorted(set(integers(text))))
+    if counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"sample counts must be >= 1, got {text!r}")
+    return counts
