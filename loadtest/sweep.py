@@ -140,11 +140,19 @@ def served(model: str, output_dir: Path):
             wait_ready(url, process, log_path)
             yield url
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (the CLI and its workers), SIGKILL if it
+    lingers; a server that has already exited is fine."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 300) -> None:

@@ -64,6 +64,14 @@ def test_bad_arguments_are_one_line_exit_2(argv, message, tmp_path, capsys):
     assert message in err and "\n" not in err
 
 
+def test_a_served_model_missing_from_the_store_is_one_line_exit_2(tmp_path, capsys):
+    # the server exits at startup; stopping it must not hide why
+    argv = ["--serve", "--model", "uq-no-such-model:latest", "--output-dir", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the service exited" in err and "could not be found" in err and "\n" not in err
+
+
 def test_recommendation_is_the_smallest_good_enough_n_within_budget():
     figures = [(1, 0.880, 0.40), (10, 0.899, 0.285), (30, 0.9045, 0.272), (100, 0.905, 0.270)]
     quality = evaluation(figures)
