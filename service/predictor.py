@@ -84,8 +84,9 @@ class Predictor:
         names = self.card.class_names
         metrics.PREDICTIONS.labels(endpoint).inc(len(scores))
         metrics.FLAGGED.labels(endpoint).inc(int(flagged.sum()))
+        risk_scores = metrics.RISK_SCORE.labels(policy.metric)
         for score in scores:
-            metrics.RISK_SCORE.labels(policy.metric).observe(score)
+            risk_scores.observe(score)
         return [
             {
                 "label": int(label),
