@@ -14,6 +14,7 @@ a missing field or a non-200 status is a failure.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 
@@ -23,16 +24,21 @@ from locust import FastHttpUser, constant, task
 from loadtest.contract import missing_fields, request_bodies
 
 
+@functools.cache
+def shared_bodies(path: str, n_samples: int) -> list[bytes]:
+    """The request bodies, encoded once per locust process rather than once per
+    user (gevent runs one greenlet at a time: encoding holds up every user)."""
+    return request_bodies(np.load(os.environ["UQ_LOADTEST_IMAGES"]), path, n_samples)
+
+
 class PredictionUser(FastHttpUser):
     wait_time = constant(0)
 
     def on_start(self) -> None:
         self.path = os.environ.get("UQ_LOADTEST_PATH", "/predict")
-        n_samples = int(os.environ.get("UQ_LOADTEST_N_SAMPLES", "30"))
-        images = np.load(os.environ["UQ_LOADTEST_IMAGES"])
-        offset = id(self) % len(images)  # users start at different images
-        bodies = request_bodies(np.roll(images, offset, axis=0), self.path, n_samples)
-        self.bodies = itertools.cycle(bodies)
+        bodies = shared_bodies(self.path, int(os.environ.get("UQ_LOADTEST_N_SAMPLES", "30")))
+        offset = id(self) % len(bodies)  # users start at different images
+        self.bodies = itertools.cycle(bodies[offset:] + bodies[:offset])
 
     @task
     def predict(self) -> None:
