@@ -126,14 +126,20 @@ def free_port() -> int:
 
 @contextmanager
 def served(model: str, output_dir: Path):
-    """Run `bentoml serve` for ``model`` on a free loopback port; yields its URL."""
+    """Run `bentoml serve` for ``model`` on a free loopback port; yields its URL.
+
+    The server gets a BENTOML_HOME of its own that shares the model store: every
+    `bentoml serve` empties its home's Prometheus directory, which would blank
+    /metrics of a service already running on the same home."""
     port = free_port()
     log_path = output_dir / "serve.log"
-    with open(log_path, "w") as log:
+    with tempfile.TemporaryDirectory(prefix="uq-serve-home-") as home, \
+            open(log_path, "w") as log:
+        os.symlink(bentoml_home() / "models", Path(home) / "models")
         process = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPOSITORY, env={**os.environ, "UQ_MODEL": model}, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPOSITORY, env={**os.environ, "UQ_MODEL": model, "BENTOML_HOME": home},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -141,6 +147,11 @@ def served(model: str, output_dir: Path):
             yield url
         finally:
             _stop(process)
+
+
+def bentoml_home() -> Path:
+    """BentoML's home, as BentoML resolves it: ``$BENTOML_HOME`` or ~/bentoml."""
+    return Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
 
 
 def _stop(process: subprocess.Popen) -> None:
