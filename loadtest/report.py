@@ -17,13 +17,12 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from training.evaluate import ACCURACY_TOLERANCE, NLL_TOLERANCE, near_best  # noqa: E402
+
 LOAD_COLUMNS = ("path", "n_samples", "users", "requests", "p50_ms", "p95_ms", "p99_ms", "rps",
                 "failures")
 QUALITY_COLUMNS = ("accuracy", "nll", "ece", "brier", "estimator_error", "flagged_fraction",
                    "selective_error")
-#: Quality "within tolerance of the best", as uq-evaluate's plateau.
-ACCURACY_TOLERANCE = 0.001
-NLL_TOLERANCE = 0.005
 
 
 def merge_quality(rows: list[dict[str, Any]], evaluation: dict[str, Any] | None) -> None:
@@ -41,7 +40,8 @@ def recommend(
     rows: list[dict[str, Any]], evaluation: dict[str, Any] | None, latency_budget_ms: float
 ) -> dict[str, dict[str, Any]]:
     """Per path: the smallest N whose accuracy and NLL are within tolerance of the
-    best evaluated, and whose p95 fits the budget (with the reason when none does)."""
+    best evaluated (as uq-evaluate's plateau), and whose p95 fits the budget (with
+    the reason when none does)."""
     advice: dict[str, dict[str, Any]] = {}
     for path in dict.fromkeys(row["path"] for row in rows):
         candidates = sorted((r for r in rows if r["path"] == path), key=lambda r: r["n_samples"])
@@ -49,13 +49,8 @@ def recommend(
             advice[path] = {"n_samples": None,
                             "reason": "no quality figures: pass --evaluation evaluation.json"}
             continue
-        best_accuracy = max(r["accuracy"] for r in evaluation["by_n_samples"])
-        best_nll = min(r["nll"] for r in evaluation["by_n_samples"])
-        good_enough = [
-            r for r in candidates
-            if "accuracy" in r and r["accuracy"] >= best_accuracy - ACCURACY_TOLERANCE
-            and r["nll"] <= best_nll + NLL_TOLERANCE
-        ]
+        good_enough = [r for r in candidates
+                       if "accuracy" in r and near_best(r, evaluation["by_n_samples"])]
         fitting = [r for r in good_enough if r["p95_ms"] <= latency_budget_ms]
         if fitting:
             chosen = fitting[0]

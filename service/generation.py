@@ -8,7 +8,7 @@ import logging
 import numpy as np
 
 from service.schemas import InputSpec
-from uncertainty.artifact import GeneratorCard, load_generator
+from uncertainty.artifact import GeneratorCard, generated_images, load_generator
 
 logger = logging.getLogger(__name__)
 
@@ -23,20 +23,10 @@ class Sampler:
     def load(cls, model_ref, classifier_input: InputSpec) -> Sampler:
         """Load the generator; refuses one whose images the classifier cannot take."""
         generator, card, tag = load_generator(model_ref)
-        if (tuple(card.output_shape) != classifier_input.input_shape
-                or tuple(card.value_range) != classifier_input.value_range):
-            raise ValueError(
-                f"generator {tag} makes {card.output_shape} images in {card.value_range}, but "
-                f"the classifier takes {list(classifier_input.input_shape)} in "
-                f"{classifier_input.value_range}"
-            )
+        card.check_fits(tag, list(classifier_input.input_shape), classifier_input.value_range)
         logger.info("loaded generator %s", tag)
         return cls(generator, card, tag)
 
     def images(self, count: int, seed: int) -> np.ndarray:
-        """``count`` images ``[count, *output_shape]`` in the card's range; the same seed
-        gives the same images."""
-        latent = np.random.default_rng(seed).standard_normal((count, self.card.latent_dim))
-        images = np.asarray(self.generator(latent.astype(np.float32), training=False))
-        low, high = self.card.value_range
-        return np.clip(images, low, high).astype(np.float32)
+        """``count`` images ``[count, *output_shape]``; the same seed, the same images."""
+        return generated_images(self.generator, self.card, count, seed)

@@ -61,15 +61,15 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return 0.5 * np.abs(p - q).sum(axis=1)
 
 
+def near_best(row: dict[str, float], rows: list[dict[str, float]]) -> bool:
+    """Whether ``row``'s accuracy and NLL are within tolerance of the best in ``rows``."""
+    return (row["accuracy"] >= max(r["accuracy"] for r in rows) - ACCURACY_TOLERANCE
+            and row["nll"] <= min(r["nll"] for r in rows) + NLL_TOLERANCE)
+
+
 def plateau(rows: list[dict[str, float]]) -> int:
     """The smallest N whose accuracy and NLL are within tolerance of the best."""
-    best_accuracy = max(row["accuracy"] for row in rows)
-    best_nll = min(row["nll"] for row in rows)
-    return next(
-        int(row["n_samples"]) for row in rows
-        if row["accuracy"] >= best_accuracy - ACCURACY_TOLERANCE
-        and row["nll"] <= best_nll + NLL_TOLERANCE
-    )
+    return next(int(row["n_samples"]) for row in rows if near_best(row, rows))
 
 
 def evaluate(model, card, dataset, samples, reference_samples, reference_rows, seed) -> dict:
@@ -134,26 +134,16 @@ def evaluate(model, card, dataset, samples, reference_samples, reference_rows, s
     }
 
 
-def check_generator_fits(card, generator_card, generator_tag: str) -> None:
-    if (generator_card.output_shape != card.input_shape
-            or tuple(generator_card.value_range) != tuple(card.value_range)):
-        raise ValueError(f"generator {generator_tag} makes {generator_card.output_shape} images "
-                         f"in {list(generator_card.value_range)}, the classifier takes "
-                         f"{card.input_shape} in {list(card.value_range)}")
-
-
 def generated_report(engine, card, generator, generator_card, generator_tag: str,
                      test_summary, count: int, seed: int) -> dict[str, Any]:
     """The classifier on generated images against real test images: flagged
     fraction, mean uncertainty scores and the AUROC of telling them apart."""
     from training.evaluation import mc_summary
     from uncertainty import metrics
+    from uncertainty.artifact import generated_images
     from uncertainty.risk import risk_scores
 
-    latent = np.random.default_rng(seed).standard_normal((count, generator_card.latent_dim))
-    low, high = generator_card.value_range
-    images = np.clip(np.asarray(generator.predict(latent.astype(np.float32), verbose=0)),
-                     low, high)  # [count, *input_shape]
+    images = generated_images(generator, generator_card, count, seed)  # [count, *input_shape]
     generated = mc_summary(engine, images, card.default_n_samples, seed)
     real_scores, fake_scores = risk_scores(test_summary), risk_scores(generated)
     policy = card.risk_policy
@@ -259,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             generator, generator_card, generator_tag = load_generator(args.generator)
-            check_generator_fits(card, generator_card, generator_tag)
+            generator_card.check_fits(generator_tag, card.input_shape, card.value_range)
         except (bentoml.exceptions.NotFound, ValueError) as error:
             print(f"uq-evaluate: error: {error}", file=sys.stderr)
             return 2

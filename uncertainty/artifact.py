@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from uncertainty.risk import RiskPolicy
@@ -55,11 +56,7 @@ def read_card(model_ref: bentoml.Model) -> ModelCard:
 
 def load_classifier(tag_or_ref: str | bentoml.Model) -> tuple[keras.Model, ModelCard, str]:
     """The Keras model, its card and its full tag, from a tag or a store entry."""
-    import bentoml
-    import keras
-
-    model_ref = bentoml.models.get(tag_or_ref) if isinstance(tag_or_ref, str) else tag_or_ref
-    model = keras.saving.load_model(model_ref.path_of(MODEL_FILE), compile=False)
+    model, model_ref = _load(tag_or_ref)
     return model, read_card(model_ref), str(model_ref.tag)
 
 
@@ -77,6 +74,18 @@ class GeneratorCard(BaseModel):
     preset: str
     training: dict[str, Any]  # the training configuration, for the record
     metrics: dict[str, float]  # the last epoch's losses and discriminator accuracies
+
+    def check_fits(
+        self, tag: str, input_shape: list[int], value_range: tuple[float, float]
+    ) -> None:
+        """Raises ValueError unless this generator's images are a classifier's input."""
+        if (list(self.output_shape) != list(input_shape)
+                or tuple(self.value_range) != tuple(value_range)):
+            raise ValueError(
+                f"generator {tag} makes {list(self.output_shape)} images in "
+                f"{list(self.value_range)}, but the classifier takes {list(input_shape)} in "
+                f"{list(value_range)}"
+            )
 
 
 def save_generator(
@@ -101,9 +110,25 @@ def _save(model: keras.Model, card: BaseModel, name: str, labels: dict[str, str]
 
 def load_generator(tag_or_ref: str | bentoml.Model) -> tuple[keras.Model, GeneratorCard, str]:
     """The Keras generator, its card and its full tag, from a tag or a store entry."""
+    generator, model_ref = _load(tag_or_ref)
+    return generator, GeneratorCard.model_validate(model_ref.info.metadata), str(model_ref.tag)
+
+
+def generated_images(
+    generator: keras.Model, card: GeneratorCard, count: int, seed: int
+) -> np.ndarray:
+    """``count`` images ``[count, *output_shape]`` in the card's range, from standard-normal
+    latent vectors drawn with ``seed``: the same seed gives the same images."""
+    latent = np.random.default_rng(seed).standard_normal((count, card.latent_dim))
+    images = np.asarray(generator(latent.astype(np.float32), training=False))
+    low, high = card.value_range
+    return np.clip(images, low, high).astype(np.float32)
+
+
+def _load(tag_or_ref: str | bentoml.Model) -> tuple[keras.Model, bentoml.Model]:
+    """The uncompiled Keras model of a store entry, and the entry."""
     import bentoml
     import keras
 
     model_ref = bentoml.models.get(tag_or_ref) if isinstance(tag_or_ref, str) else tag_or_ref
-    generator = keras.saving.load_model(model_ref.path_of(MODEL_FILE), compile=False)
-    return generator, GeneratorCard.model_validate(model_ref.info.metadata), str(model_ref.tag)
+    return keras.saving.load_model(model_ref.path_of(MODEL_FILE), compile=False), model_ref
