@@ -53,6 +53,9 @@ INLINE_ROWS = 256
 #: requests (64 instances x 1000 samples) take a second or two.
 REQUEST_TIMEOUT_SECONDS = 20
 
+#: Middle-generation collections between full ones (CPython's default is 10).
+FULL_COLLECTION_EVERY = 1000
+
 
 @bentoml.service(
     workers=1,
@@ -192,14 +195,6 @@ class UQService:
         }
 
 
-# BentoML derives the media type of a list output from its JSON schema on every
-# response, which took 40% of the batched path's CPU; these outputs are JSON.
-for api in UQService.apis.values():
-    api.output_spec.media_type = "application/json"
-#: Middle-generation collections between full ones (CPython's default is 10).
-FULL_COLLECTION_EVERY = 1000
-
-
 def _settle_garbage_collector() -> None:
     """TensorFlow and Keras leave ~400k long-lived objects: a full collection took
     290 ms, stalling every request in flight. Freeze them out of the collector's
@@ -210,5 +205,10 @@ def _settle_garbage_collector() -> None:
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
+
+# BentoML derives the media type of a list output from its JSON schema on every
+# response, which took 40% of the batched path's CPU; these outputs are JSON.
+for api in UQService.apis.values():
+    api.output_spec.media_type = "application/json"
 UQService.add_asgi_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
 quiet_client_error_tracebacks()

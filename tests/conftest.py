@@ -2,10 +2,6 @@
 session's tiny classifier and the one real ``bentoml serve`` on loopback."""
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +26,8 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 import httpx  # noqa: E402
 import keras  # noqa: E402
 import pytest  # noqa: E402
+
+from loadtest.sweep import served  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -82,36 +80,8 @@ def wait_ready(get, timeout: float = 180) -> None:
     raise TimeoutError("the service did not become ready")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server(classifier_tag, generator_tag, tmp_path_factory) -> str:
-    """Base URL of a real ``bentoml serve`` on loopback."""
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
-    log_path = tmp_path_factory.mktemp("server") / "serve.log"
-    log = open(log_path, "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPOSITORY, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=5) as probe:
-            try:
-                wait_ready(probe.get)
-            except TimeoutError:
-                raise TimeoutError(f"bentoml serve never became ready:\n"
-                                   f"{log_path.read_text()[-4000:]}") from None
+    """Base URL of a real ``bentoml serve`` on loopback (its log: serve.log beside)."""
+    with served(classifier_tag, tmp_path_factory.mktemp("server")) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
