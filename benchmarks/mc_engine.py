@@ -16,7 +16,6 @@ fraction of the TensorFlow float32 matmul peak measured in the same run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from training.cli import OneLineErrorParser  # noqa: E402
 from uncertainty.engine import MCEngine, configure_tensorflow_threads  # noqa: E402
 
 BATCH_SIZES = (1, 32, 256)
@@ -148,7 +148,7 @@ def check_targets(rows: list[dict]) -> list[tuple[str, float, bool]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/mc_engine.json"),
                         help="where to write the JSON results")
     args = parser.parse_args(argv)

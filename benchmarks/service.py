@@ -19,7 +19,6 @@ on the same 2-core machine as the server: the numbers include the client's own
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from training.cli import OneLineErrorParser
 
 
 def percentiles(latencies_ms: list[float]) -> dict[str, float]:
@@ -131,7 +132,7 @@ def _median_row(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest", help="classifier tag")
     parser.add_argument("--n-samples", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -150,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     from training.data import load_dataset
     from uncertainty.artifact import read_card
 
-    card = read_card(bentoml.models.get(args.model))
+    try:
+        card = read_card(bentoml.models.get(args.model))
+    except bentoml.exceptions.NotFound:
+        parser.error(f"model {args.model!r} is not in the store ('bentoml models list')")
     images = load_dataset(card.dataset).x_test[:200]
     engine = InProcessEngine(args.model)
     predict_bodies = [json.dumps({"instances": [image.tolist()], "n_samples": args.n_samples})
