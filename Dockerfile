@@ -46,6 +46,7 @@ print('\n'.join(project['dependencies'] + extras))" > /tmp/requirements.txt \
 
 COPY README.md bentofile.yaml ./
 COPY uncertainty/ uncertainty/
+COPY artifacts/ artifacts/
 COPY service/ service/
 COPY training/ training/
 RUN pip install --no-deps .

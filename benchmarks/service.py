@@ -41,7 +41,7 @@ class InProcessEngine:
     """The served model's engine in this process: the floor for /predict."""
 
     def __init__(self, tag: str) -> None:
-        from uncertainty.artifact import load_classifier
+        from artifacts.store import load_classifier
         from uncertainty.engine import MCEngine, configure_tensorflow_threads
 
         configure_tensorflow_threads()
@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import bentoml
 
+    from artifacts.store import read_card
     from loadtest.sweep import served
     from training.data import load_dataset
-    from uncertainty.artifact import read_card
 
     try:
         card = read_card(bentoml.models.get(args.model))

@@ -7,8 +7,10 @@ import logging
 
 import numpy as np
 
+from artifacts.cards import GeneratorCard
+from artifacts.generation import generated_images
+from artifacts.store import load_generator
 from service.schemas import InputSpec
-from uncertainty.artifact import GeneratorCard, generated_images, load_generator
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ from collections import defaultdict
 
 import numpy as np
 
+from artifacts.cards import ModelCard
+from artifacts.store import load_classifier
 from service import metrics
 from service.schemas import InputSpec
-from uncertainty.artifact import ModelCard, load_classifier
 from uncertainty.engine import MCEngine, configure_tensorflow_threads
 from uncertainty.risk import prediction_sets, risk_score
 from uncertainty.summary import UncertaintySummary, summarize

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from uncertainty.artifact import DEFAULT_CLASSIFIER_NAME
+from artifacts.store import DEFAULT_CLASSIFIER_NAME
 
 ARCHITECTURES = ("mlp", "cnn")
 ACTIVATIONS = ("elu", "selu", "relu")

@@ -138,9 +138,9 @@ def generated_report(engine, card, generator, generator_card, generator_tag: str
                      test_summary, count: int, seed: int) -> dict[str, Any]:
     """The classifier on generated images against real test images: flagged
     fraction, mean uncertainty scores and the AUROC of telling them apart."""
+    from artifacts.generation import generated_images
     from training.evaluation import mc_summary
     from uncertainty import metrics
-    from uncertainty.artifact import generated_images
     from uncertainty.risk import risk_scores
 
     images = generated_images(generator, generator_card, count, seed)  # [count, *input_shape]
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import bentoml
 
-    from uncertainty.artifact import load_classifier
+    from artifacts.store import load_classifier
 
     try:
         model_ref = bentoml.models.get(args.model)
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"uq-evaluate: error: {error}", file=sys.stderr)
         return 2
     if args.generator:
-        from uncertainty.artifact import load_generator
+        from artifacts.store import load_generator
 
         try:
             generator, generator_card, generator_tag = load_generator(args.generator)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from artifacts.cards import ModelCard, training_record
 from training.cli import OneLineErrorParser, integers
 from training.config import (
     ACTIVATIONS,
@@ -39,7 +40,6 @@ from training.config import (
     TrainConfig,
 )
 from training.data import DATASET_NAMES, Dataset, DatasetError, load_dataset
-from uncertainty.artifact import ModelCard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +158,10 @@ def train(config: TrainConfig, dataset: Dataset, callbacks: tuple = ()) -> Train
     """Fit, evaluate, calibrate, store and report. ``callbacks`` are extra Keras callbacks."""
     import keras
 
+    from artifacts.store import save_classifier
     from training.evaluation import evaluate_and_calibrate
     from training.models import build_model
     from training.schedules import learning_rate_and_callbacks, make_optimizer
-    from uncertainty.artifact import save_classifier
 
     keras.utils.set_random_seed(config.seed)
     config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def train(config: TrainConfig, dataset: Dataset, callbacks: tuple = ()) -> Train
         risk_policy=evaluation.policy,
         conformal_alpha=config.conformal_alpha,
         conformal_quantile=evaluation.conformal_quantile,
-        training={**_jsonable(config), "fit_seconds": round(fit_seconds, 1)},
+        training={**training_record(config), "fit_seconds": round(fit_seconds, 1)},
     )
     tag = save_classifier(served, card, config.model_name)
     report_path = write_reports(config.output_dir, card, evaluation, tag)
@@ -230,10 +230,6 @@ def _without_optimizer(model):
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     return copy
-
-
-def _jsonable(config: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def write_reports(output_dir: Path, card: ModelCard, evaluation, tag: str) -> Path:

@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from artifacts.cards import GeneratorCard, training_record
+from artifacts.store import DEFAULT_GENERATOR_NAME
 from training.cli import OneLineErrorParser
 from training.config import check_model_name
 from training.data import DATASET_NAMES, Dataset, DatasetError, load_dataset
-from uncertainty.artifact import DEFAULT_GENERATOR_NAME, GeneratorCard
 
 PRESETS = ("dense", "dcgan")  # training.gan's builders; named here to check flags without Keras
 #: Image sizes (height, width) that get the dcgan preset when none is asked for.
@@ -127,6 +126,7 @@ def train_gan(config: GanConfig, dataset: Dataset, callbacks: tuple = ()) -> Gan
     """Fit the GAN, store the generator, draw the final grid. ``callbacks``: extra Keras ones."""
     import keras
 
+    from artifacts.store import save_generator
     from training.gan import (
         GAN,
         SampleGrid,
@@ -136,7 +136,6 @@ def train_gan(config: GanConfig, dataset: Dataset, callbacks: tuple = ()) -> Gan
         grid_latent,
         save_sample_grid,
     )
-    from uncertainty.artifact import save_generator
 
     keras.utils.set_random_seed(config.seed)
     config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +169,7 @@ def train_gan(config: GanConfig, dataset: Dataset, callbacks: tuple = ()) -> Gan
         output_shape=list(dataset.input_shape),
         value_range=dataset.value_range,
         preset=preset,
-        training={**_jsonable(dataclasses.replace(config, preset=preset)),
+        training={**training_record(dataclasses.replace(config, preset=preset)),
                   "fit_seconds": round(fit_seconds, 1)},
         metrics={name: float(values[-1]) for name, values in history.history.items()},
     )
@@ -178,10 +177,6 @@ def train_gan(config: GanConfig, dataset: Dataset, callbacks: tuple = ()) -> Gan
     grid_path = config.output_dir / "samples.png"
     save_sample_grid(generate(generator, latent), dataset.value_range, grid_path)
     return GanResult(tag=tag, card=card, grid_path=grid_path)
-
-
-def _jsonable(config: GanConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def summary(result: GanResult) -> str:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from artifacts.cards import GeneratorCard
+from artifacts.store import load_generator, save_generator
 from training.data import Dataset, load_dataset
 from training.gan import (
     GAN,
@@ -18,7 +20,6 @@ from training.gan import (
     grid_latent,
 )
 from training.train_gan import main
-from uncertainty.artifact import GeneratorCard, load_generator, save_generator
 
 TINY = ["--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--latent-dim", "8"]
 

@@ -3,10 +3,11 @@ import keras
 import numpy as np
 import pytest
 
+from artifacts.cards import ModelCard
+from artifacts.store import load_classifier, save_classifier
 from training.config import ModelConfig
 from training.data import load_dataset
 from training.models import build_model
-from uncertainty.artifact import ModelCard, load_classifier, save_classifier
 from uncertainty.engine import MCEngine
 from uncertainty.risk import RiskPolicy
 

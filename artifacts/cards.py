@@ -1,0 +1,65 @@
+"""Model cards: what a stored classifier or generator needs to be served, and how it
+was made. Plain pydantic models; the store keeps them in an entry's metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from uncertainty.risk import RiskPolicy
+
+
+class ModelCard(BaseModel):
+    """What a served classifier needs to judge its own answers, and how it was made."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    class_names: list[str]
+    input_shape: list[int]  # one instance, without the batch axis
+    value_range: tuple[float, float]  # raw pixel values the model expects
+    architecture: str
+    max_norm_value: float
+    dropout_rates: dict[str, float]  # dropout layer name -> rate
+    default_n_samples: int
+    test_metrics: dict[str, dict[str, float]]  # "deterministic" and "mc" -> name -> value
+    risk_policy: RiskPolicy
+    conformal_alpha: float
+    conformal_quantile: float
+    training: dict[str, Any]  # the training configuration, for the record
+
+
+class GeneratorCard(BaseModel):
+    """What a served GAN generator needs: it maps standard-normal latent vectors
+    ``[batch, latent_dim]`` to images ``[batch, *output_shape]`` in ``value_range``,
+    the classifier's input for the same dataset."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    latent_dim: int
+    output_shape: list[int]  # one image, without the batch axis: the classifier's input_shape
+    value_range: tuple[float, float]  # raw pixel values, as the classifier expects them
+    preset: str
+    training: dict[str, Any]  # the training configuration, for the record
+    metrics: dict[str, float]  # the last epoch's losses and discriminator accuracies
+
+    def check_fits(
+        self, tag: str, input_shape: list[int], value_range: tuple[float, float]
+    ) -> None:
+        """Raises ValueError unless this generator's images are a classifier's input."""
+        if (list(self.output_shape) != list(input_shape)
+                or tuple(self.value_range) != tuple(value_range)):
+            raise ValueError(
+                f"generator {tag} makes {list(self.output_shape)} images in "
+                f"{list(self.value_range)}, but the classifier takes {list(input_shape)} in "
+                f"{list(value_range)}"
+            )
+
+
+def training_record(config: Any) -> dict[str, Any]:
+    """A training configuration (a dataclass) as plain JSON values, for a card."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
