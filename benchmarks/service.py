@@ -29,7 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from training.cli import OneLineErrorParser
+from training.cli import OneLineErrorParser, fail
+
+# Run as a script, this file's directory heads sys.path, and this file's name would
+# hide the service package (loadtest.contract reads the response schema from it).
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
 
 
 def percentiles(latencies_ms: list[float]) -> dict[str, float]:
@@ -148,21 +153,20 @@ def main(argv: list[str] | None = None) -> int:
     import bentoml
 
     from artifacts.store import read_card
-    from loadtest.sweep import served
+    from loadtest.contract import request_bodies
+    from loadtest.server import served
     from training.data import load_dataset
 
     try:
         card = read_card(bentoml.models.get(args.model))
     except bentoml.exceptions.NotFound:
-        parser.error(f"model {args.model!r} is not in the store ('bentoml models list')")
+        return fail(parser.prog, f"model {args.model!r} is not in the store "
+                    "('bentoml models list')")
     images = load_dataset(card.dataset).x_test[:200]
     engine = InProcessEngine(args.model)
-    predict_bodies = [json.dumps({"instances": [image.tolist()], "n_samples": args.n_samples})
-                      .encode() for image in images]
-    batched_bodies = [json.dumps({"items": [{"instance": image.tolist(),
-                                             "n_samples": args.n_samples}]}).encode()
-                      for image in images]
-    paths = (("/predict", predict_bodies), ("/predict_batched", batched_bodies))
+    predict_bodies = request_bodies(images, "/predict", args.n_samples)
+    paths = (("/predict", predict_bodies),
+             ("/predict_batched", request_bodies(images, "/predict_batched", args.n_samples)))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     rounds = []
     with served(args.model, args.output.parent) as url:

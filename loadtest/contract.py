@@ -1,5 +1,8 @@
 """What a load-test request carries and what its answer must hold, apart from
-locust (importing locust monkey-patches the process with gevent)."""
+locust (importing locust monkey-patches the process with gevent).
+
+The fields a prediction must hold are the required fields of the service's
+response schema (pydantic only: no TensorFlow in locust's processes)."""
 
 from __future__ import annotations
 
@@ -7,11 +10,11 @@ import json
 
 import numpy as np
 
-PREDICTION_FIELDS = (
-    "label", "class_name", "confidence", "probabilities", "std",
-    "predictive_entropy", "mutual_information", "risk", "prediction_set",
-)
-RISK_FIELDS = ("flagged", "metric", "score", "threshold")
+from service.schemas import Prediction, Risk
+
+PREDICTION_FIELDS = tuple(name for name, field in Prediction.model_fields.items()
+                          if field.is_required())
+RISK_FIELDS = tuple(name for name, field in Risk.model_fields.items() if field.is_required())
 
 
 def request_bodies(images: np.ndarray, path: str, n_samples: int) -> list[bytes]:

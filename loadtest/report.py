@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from training.evaluate import ACCURACY_TOLERANCE, NLL_TOLERANCE, near_best  # noqa: E402
+from training.evaluation import ACCURACY_TOLERANCE, NLL_TOLERANCE, near_best  # noqa: E402
 
 LOAD_COLUMNS = ("path", "n_samples", "users", "requests", "p50_ms", "p95_ms", "p99_ms", "rps",
                 "failures")

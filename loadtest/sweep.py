@@ -20,24 +20,20 @@ import ipaddress
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 
-from training.cli import OneLineErrorParser, sample_counts
+from loadtest.server import ServerError, served
+from training.cli import OneLineErrorParser, fail, sample_counts
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PATHS = ("/predict", "/predict_batched")
 MAX_USERS = 256
@@ -118,70 +114,6 @@ def fetch_card(host: str) -> dict[str, Any]:
         raise LoadTestError(f"cannot read {host}/metadata: {error}") from None
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def served(model: str, output_dir: Path):
-    """Run `bentoml serve` for ``model`` on a free loopback port; yields its URL.
-
-    The server gets a BENTOML_HOME of its own that shares the model store: every
-    `bentoml serve` empties its home's Prometheus directory, which would blank
-    /metrics of a service already running on the same home."""
-    port = free_port()
-    log_path = output_dir / "serve.log"
-    with tempfile.TemporaryDirectory(prefix="uq-serve-home-") as home, \
-            open(log_path, "w") as log:
-        os.symlink(bentoml_home() / "models", Path(home) / "models")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPOSITORY, env={**os.environ, "UQ_MODEL": model, "BENTOML_HOME": home},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(url, process, log_path)
-            yield url
-        finally:
-            _stop(process)
-
-
-def bentoml_home() -> Path:
-    """BentoML's home, as BentoML resolves it: ``$BENTOML_HOME`` or ~/bentoml."""
-    return Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (the CLI and its workers), SIGKILL if it
-    lingers; a server that has already exited is fine."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text().strip().splitlines()[-1:]
-            raise LoadTestError(f"the service exited: {' '.join(tail)}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    raise LoadTestError(f"the service was not ready within {timeout:.0f} s (see {log_path})")
-
-
 def run_locust(host: str, path: str, n_samples: int, users: int, duration: float,
                images: Path, work_dir: Path) -> dict[str, Any]:
     """One headless locust run; the row of the tradeoff table. Statistics start
@@ -245,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows = sweep(host, args, paths)
         else:
             rows = sweep(args.host, args, paths)
-    except (LoadTestError, ValueError) as error:
-        print(f"uq-loadtest: error: {error}", file=sys.stderr)
-        return 2
+    except (LoadTestError, ServerError, ValueError) as error:
+        return fail("uq-loadtest", str(error))
     from loadtest.report import write_report
 
     write_report(rows, evaluation, args.latency_budget_ms, args.output_dir)

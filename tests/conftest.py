@@ -27,7 +27,7 @@ import httpx  # noqa: E402
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
-from loadtest.sweep import served  # noqa: E402
+from loadtest.server import served  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

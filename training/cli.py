@@ -1,8 +1,16 @@
-"""Command-line plumbing shared by uq-train, uq-train-gan, uq-evaluate and uq-loadtest."""
+"""Command-line plumbing shared by uq-train, uq-train-gan, uq-evaluate, uq-loadtest and
+the benchmarks: the one-line error exit and option types."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+
+def fail(prog: str, message: str) -> int:
+    """Print ``prog: error: message`` to stderr; returns the exit code, 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -10,7 +18,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
     the usage block."""
 
     def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(fail(self.prog, message))
 
 
 def integers(text: str) -> tuple[int, ...]:

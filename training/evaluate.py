@@ -26,15 +26,22 @@ from typing import Any
 
 import numpy as np
 
-from training.cli import OneLineErrorParser, sample_counts
+from training.cli import OneLineErrorParser, fail, sample_counts
 from training.data import DatasetError, load_dataset
+from training.evaluation import (
+    ACCURACY_TOLERANCE,
+    NLL_TOLERANCE,
+    classification_metrics,
+    mc_summary,
+    plateau,
+    risk_coverage_curves,
+    selective_metrics,
+    total_variation,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLES = (1, 2, 5, 10, 20, 30, 50, 100)
-#: "Stopped improving": within these of the best accuracy and NLL over all N.
-ACCURACY_TOLERANCE = 0.001
-NLL_TOLERANCE = 0.005
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,30 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Row-wise total-variation distance between probability rows: [batch]."""
-    return 0.5 * np.abs(p - q).sum(axis=1)
-
-
-def near_best(row: dict[str, float], rows: list[dict[str, float]]) -> bool:
-    """Whether ``row``'s accuracy and NLL are within tolerance of the best in ``rows``."""
-    return (row["accuracy"] >= max(r["accuracy"] for r in rows) - ACCURACY_TOLERANCE
-            and row["nll"] <= min(r["nll"] for r in rows) + NLL_TOLERANCE)
-
-
-def plateau(rows: list[dict[str, float]]) -> int:
-    """The smallest N whose accuracy and NLL are within tolerance of the best."""
-    return next(int(row["n_samples"]) for row in rows if near_best(row, rows))
-
-
 def evaluate(model, card, dataset, samples, reference_samples, reference_rows, seed) -> dict:
     """Every figure of evaluation.json, plus the arrays the plots need under "_plots"."""
-    from training.evaluation import (
-        classification_metrics,
-        mc_summary,
-        risk_coverage_curves,
-        selective_metrics,
-    )
     from training.ood import ood_sets
     from uncertainty import metrics
     from uncertainty.engine import MCEngine
@@ -139,7 +124,6 @@ def generated_report(engine, card, generator, generator_card, generator_tag: str
     """The classifier on generated images against real test images: flagged
     fraction, mean uncertainty scores and the AUROC of telling them apart."""
     from artifacts.generation import generated_images
-    from training.evaluation import mc_summary
     from uncertainty import metrics
     from uncertainty.risk import risk_scores
 
@@ -222,9 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     if min(args.reference_samples, args.reference_rows, args.generated_images) < 1:
-        print("uq-evaluate: error: --reference-samples, --reference-rows and --generated-images "
-              "must be >= 1", file=sys.stderr)
-        return 2
+        return fail("uq-evaluate", "--reference-samples, --reference-rows and --generated-images "
+                    "must be >= 1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import bentoml
 
@@ -233,17 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_ref = bentoml.models.get(args.model)
     except bentoml.exceptions.NotFound:
-        print(f"uq-evaluate: error: model {args.model!r} is not in the store "
-              "('bentoml models list' shows what is)", file=sys.stderr)
-        return 2
+        return fail("uq-evaluate", f"model {args.model!r} is not in the store "
+                    "('bentoml models list' shows what is)")
     model, card, tag = load_classifier(model_ref)
     training = card.training
     try:
         dataset = load_dataset(card.dataset, training.get("validation_fraction", 0.1),
                                training.get("seed", 0))
     except DatasetError as error:
-        print(f"uq-evaluate: error: {error}", file=sys.stderr)
-        return 2
+        return fail("uq-evaluate", str(error))
     if args.generator:
         from artifacts.store import load_generator
 
@@ -251,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             generator, generator_card, generator_tag = load_generator(args.generator)
             generator_card.check_fits(generator_tag, card.input_shape, card.value_range)
         except (bentoml.exceptions.NotFound, ValueError) as error:
-            print(f"uq-evaluate: error: {error}", file=sys.stderr)
-            return 2
+            return fail("uq-evaluate", str(error))
     report = {"model": tag, **evaluate(model, card, dataset, args.samples,
                                        args.reference_samples, args.reference_rows, args.seed)}
     if args.generator:

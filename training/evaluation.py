@@ -1,15 +1,18 @@
 """Evaluation shared by uq-train and uq-evaluate: MC dropout through the serving
-engine, quality metrics, risk-policy and conformal calibration."""
+engine, quality metrics, risk-policy and conformal calibration; and the "near the
+best quality" rule of uq-evaluate's plateau and uq-loadtest's recommendation.
+
+TensorFlow is imported only when a model is evaluated, so that uq-loadtest's
+report can use the rule without it."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from uncertainty import metrics
-from uncertainty.engine import MCEngine
 from uncertainty.risk import (
     RiskPolicy,
     calibrate_risk_policy,
@@ -20,8 +23,16 @@ from uncertainty.risk import (
 )
 from uncertainty.summary import UncertaintySummary, summarize
 
+if TYPE_CHECKING:
+    import keras
+
+    from uncertainty.engine import MCEngine
+
 #: Rows per engine call when sampling a whole split, to bound memory.
 ROWS_PER_SAMPLING_BATCH = 1000
+#: "Stopped improving": within these of the best accuracy and NLL over all N.
+ACCURACY_TOLERANCE = 0.001
+NLL_TOLERANCE = 0.005
 
 
 def mc_summary(engine: MCEngine, x: np.ndarray, n_samples: int, seed: int) -> UncertaintySummary:
@@ -31,6 +42,22 @@ def mc_summary(engine: MCEngine, x: np.ndarray, n_samples: int, seed: int) -> Un
         for index, start in enumerate(range(0, len(x), ROWS_PER_SAMPLING_BATCH))
     ]
     return summarize(np.concatenate(parts, axis=1))
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Row-wise total-variation distance between probability rows: [batch]."""
+    return 0.5 * np.abs(p - q).sum(axis=1)
+
+
+def near_best(row: dict[str, float], rows: list[dict[str, float]]) -> bool:
+    """Whether ``row``'s accuracy and NLL are within tolerance of the best in ``rows``."""
+    return (row["accuracy"] >= max(r["accuracy"] for r in rows) - ACCURACY_TOLERANCE
+            and row["nll"] <= min(r["nll"] for r in rows) + NLL_TOLERANCE)
+
+
+def plateau(rows: list[dict[str, float]]) -> int:
+    """The smallest N whose accuracy and NLL are within tolerance of the best."""
+    return next(int(row["n_samples"]) for row in rows if near_best(row, rows))
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -82,6 +109,8 @@ def evaluate_and_calibrate(
     seed: int,
 ) -> Evaluation:
     """Calibrate on the validation split, then measure on the test split."""
+    from uncertainty.engine import MCEngine
+
     engine = MCEngine(model)
     validation = mc_summary(engine, x_val, n_samples, seed)
     policy = calibrate_risk_policy(validation, y_val, risk_target_error)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from artifacts.cards import ModelCard, training_record
-from training.cli import OneLineErrorParser, integers
+from training.cli import OneLineErrorParser, fail, integers
 from training.config import (
     ACTIVATIONS,
     ARCHITECTURES,
@@ -296,8 +296,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(dataset.x_test)} test rows of shape {dataset.input_shape}", flush=True)
         result = train(config, dataset)
     except (ValueError, DatasetError) as error:
-        print(f"uq-train: error: {error}", file=sys.stderr)
-        return 2
+        return fail("uq-train", str(error))
     except KeyboardInterrupt:
         print("uq-train: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -26,7 +26,7 @@ import numpy as np
 
 from artifacts.cards import GeneratorCard, training_record
 from artifacts.store import DEFAULT_GENERATOR_NAME
-from training.cli import OneLineErrorParser
+from training.cli import OneLineErrorParser, fail
 from training.config import check_model_name
 from training.data import DATASET_NAMES, Dataset, DatasetError, load_dataset
 
@@ -202,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{dataset.input_shape} in [{low:g}, {high:g}]; the {preset} preset", flush=True)
         result = train_gan(config, dataset)
     except (ValueError, DatasetError) as error:
-        print(f"uq-train-gan: error: {error}", file=sys.stderr)
-        return 2
+        return fail("uq-train-gan", str(error))
     except KeyboardInterrupt:
         print("uq-train-gan: interrupted; nothing was saved", file=sys.stderr)
         return 130

@@ -3,16 +3,12 @@ import json
 
 import pytest
 
-from loadtest.contract import missing_fields
+from loadtest.contract import PREDICTION_FIELDS, RISK_FIELDS, missing_fields
 from loadtest.report import recommend
 from loadtest.sweep import main
 
-PREDICTION = {
-    "label": 1, "class_name": "1", "confidence": 0.9, "probabilities": [0.1, 0.9],
-    "std": [0.01, 0.01], "predictive_entropy": 0.3, "mutual_information": 0.01,
-    "risk": {"flagged": False, "metric": "mutual_information", "score": 0.01, "threshold": 0.1},
-    "prediction_set": ["1"],
-}
+#: Every field the response schema requires (the values do not matter to the checks).
+PREDICTION = {**dict.fromkeys(PREDICTION_FIELDS, 0), "risk": dict.fromkeys(RISK_FIELDS, 0)}
 
 
 def evaluation(rows):
@@ -83,13 +79,16 @@ def test_recommendation_is_the_smallest_good_enough_n_within_budget():
     assert tight["n_samples"] is None and "over the 15 ms budget" in tight["reason"]
 
 
-def test_locust_checks_every_field_of_the_contract():
+def test_locust_checks_every_field_of_the_response_schema():
+    assert {"label", "expected_entropy", "mutual_information", "risk"} <= set(PREDICTION_FIELDS)
+    assert {"flagged", "score", "threshold"} <= set(RISK_FIELDS)
     assert missing_fields({"model": "m", "n_samples": 3, "predictions": [PREDICTION]},
                           "/predict") is None
     assert missing_fields([PREDICTION], "/predict_batched") is None
     broken = {key: value for key, value in PREDICTION.items() if key != "std"}
     assert missing_fields([broken], "/predict_batched") == "std"
-    no_flag = {**PREDICTION, "risk": {"metric": "m", "score": 1, "threshold": 0}}
+    unflagged_risk = {key: value for key, value in PREDICTION["risk"].items() if key != "flagged"}
+    no_flag = {**PREDICTION, "risk": unflagged_risk}
     assert missing_fields({"model": "m", "n_samples": 3, "predictions": [no_flag]},
                           "/predict") == "risk.flagged"
     assert missing_fields({"error": "x"}, "/predict") == "model or n_samples"

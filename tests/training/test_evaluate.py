@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from training.data import load_dataset
-from training.evaluate import main, plateau, total_variation
+from training.evaluate import main
+from training.evaluation import plateau, total_variation
 from training.ood import ood_sets, upscaled_digits
 
 
