@@ -10,7 +10,7 @@ import numpy as np
 from artifacts.cards import GeneratorCard
 from artifacts.generation import generated_images
 from artifacts.store import load_generator
-from service.schemas import InputSpec
+from service.inputs import InputSpec
 
 logger = logging.getLogger(__name__)
 

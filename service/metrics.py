@@ -1,7 +1,16 @@
 """Prometheus metrics, all prefixed ``uq_``; BentoML serves them at /metrics, beside
-its own ``bentoml_service_*`` request counts and durations."""
+its own ``bentoml_service_*`` request counts and durations. The routes record
+them around each predictor call (:func:`observe_predictions`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
+
+if TYPE_CHECKING:
+    from service.schemas import Prediction
 
 REQUESTS = Counter(
     "uq_requests", "HTTP requests by endpoint and outcome (ok, client_error, server_error)",
@@ -20,10 +29,25 @@ N_SAMPLES = Histogram(
     buckets=(1, 2, 5, 10, 20, 30, 50, 100, 200, 500, 1000),
 )
 ENGINE_SECONDS = Histogram(
-    "uq_engine_seconds", "Time in the MC engine per call",
+    "uq_engine_seconds", "Time in the predictor (MC engine, summary, risk) per call",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
 )
 RISK_SCORE = Histogram(
     "uq_risk_score", "Risk score of each prediction, by metric", ["metric"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
 )
+
+
+def observe_predictions(
+    endpoint: str, predictions: Sequence[Prediction], n_samples: Sequence[int], seconds: float
+) -> None:
+    """One predictor call of ``seconds``: its predictions, flags, scores and sample counts."""
+    ENGINE_SECONDS.observe(seconds)
+    PREDICTIONS.labels(endpoint).inc(len(predictions))
+    FLAGGED.labels(endpoint).inc(sum(p.risk.flagged for p in predictions))
+    if predictions:
+        risk_scores = RISK_SCORE.labels(predictions[0].risk.metric)
+        for prediction in predictions:
+            risk_scores.observe(prediction.risk.score)
+    for count in n_samples:
+        N_SAMPLES.observe(count)

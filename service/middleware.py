@@ -13,13 +13,13 @@ error shape and request counts.
 from __future__ import annotations
 
 import json
-import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import bentoml
+
 from service import metrics
-from service.schemas import ACTIVE_INPUT
+from service.adapter import SHED_STATUS, error_message, form_problem
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -29,8 +29,6 @@ JSON_ROUTES = ("/predict", "/predict_batched", "/metadata", "/generate")
 PROBE_ROUTES = ("/livez", "/readyz", "/healthz", "/metrics")
 MULTIPART_ROUTES = ("/predict_image",)
 IMAGE_FORM_FILE, IMAGE_FORM_VALUES = "image", ("n_samples", "seed")
-_FORM_PART = re.compile(rb'content-disposition:\s*form-data;\s*name="([^"]*)"(;\s*filename=)?',
-                        re.IGNORECASE)
 
 
 class ServiceMiddleware:
@@ -58,7 +56,7 @@ class ServiceMiddleware:
         if scope["method"] != "POST":
             await self.app(scope, receive, responder)
             return
-        if ACTIVE_INPUT.spec is None:
+        if not bentoml.get_current_service().__is_ready__():
             await responder.error(503, "the model is still loading; retry once /readyz "
                                   "answers 200")
             return
@@ -82,8 +80,9 @@ class ServiceMiddleware:
                 return
             if not message.get("more_body"):
                 break
-        problem = _form_problem(bytes(body)) if path in MULTIPART_ROUTES else None
-        if problem:  # BentoML would answer 500 to a file in a value field
+        problem = (form_problem(bytes(body), IMAGE_FORM_FILE, IMAGE_FORM_VALUES)
+                   if path in MULTIPART_ROUTES else None)
+        if problem:  # BentoML would take a file's bytes as a value
             await responder.error(400, problem)
             return
         await self.app(scope, _replay(bytes(body), receive), responder)
@@ -99,19 +98,6 @@ class ServiceMiddleware:
             got = media_type or "none"
             return f"Content-Type must be {expected} for {path}, got {got}"
         return None
-
-
-def _form_problem(body: bytes) -> str | None:
-    for name, is_file in _FORM_PART.findall(body):
-        field = name.decode("utf-8", "replace")
-        if field == IMAGE_FORM_FILE:
-            continue
-        if field not in IMAGE_FORM_VALUES:
-            return (f"unknown form field {field!r}; expected the file {IMAGE_FORM_FILE!r} "
-                    f"and optional values {', '.join(IMAGE_FORM_VALUES)}")
-        if is_file:
-            return f"{field}: expected a form value, got a file"
-    return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -151,7 +137,7 @@ class _Responder:
             status = message["status"]
             self.outcome = ("server_error" if status >= 500 else
                             "client_error" if status >= 400 else "ok")
-            if 400 <= status < 500 or status == 503:
+            if 400 <= status < 500 or status == SHED_STATUS:
                 self.start = message
                 return
         if self.start is None:
@@ -160,30 +146,8 @@ class _Responder:
         self.chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             status = self.start["status"]
-            text = OVERLOADED if status == 503 else error_message(b"".join(self.chunks))
+            text = OVERLOADED if status == SHED_STATUS else error_message(b"".join(self.chunks))
             await send_error(self.send, status, text)
-
-
-def error_message(body: bytes) -> str:
-    """One line from BentoML's error bodies: ``{"error", "detail": [pydantic errors]}``,
-    ``[{"error": ...}]`` or plain text."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace").strip() or "bad request"
-    if isinstance(data, list) and len(data) == 1:
-        data = data[0]
-    if isinstance(data, dict) and isinstance(data.get("detail"), list) and data["detail"]:
-        return "; ".join(_pydantic_error(detail) for detail in data["detail"])
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return data["error"]
-    return str(data)
-
-
-def _pydantic_error(detail: dict) -> str:
-    location = ".".join(str(part) for part in detail.get("loc", ()) if part != "body")
-    message = str(detail.get("msg", "invalid value")).removeprefix("Value error, ")
-    return f"{location}: {message}" if location else message
 
 
 async def send_error(send: Send, status: int, message: str) -> None:
@@ -195,20 +159,3 @@ async def send_error(send: Send, status: int, message: str) -> None:
                     (b"content-length", str(len(body)).encode())],
     })
     await send({"type": "http.response.body", "body": body})
-
-
-class _DropClientErrorTracebacks:
-    """BentoML logs a traceback for every rejected request; a 4xx is not a server fault."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from bentoml.exceptions import BentoMLException
-        from pydantic import ValidationError
-
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, ValidationError):
-            return False
-        return not (isinstance(error, BentoMLException) and 400 <= error.error_code < 500)
-
-
-def quiet_client_error_tracebacks() -> None:
-    logging.getLogger("bentoml._internal.server.http_app").addFilter(_DropClientErrorTracebacks())

@@ -1,7 +1,8 @@
-"""The served classifier, loaded in the worker: from checked arrays to response dicts.
+"""The served classifier, loaded in the worker: from checked arrays to typed predictions.
 
 Data path: x ``[batch, *input_shape]`` -> engine samples ``[n_samples, batch,
-classes]`` -> summary -> risk flag and conformal set -> one dict per row.
+classes]`` -> summary -> risk flag and conformal set -> one ``Prediction`` per
+row. The route resolves N and records metrics; this module only computes.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import numpy as np
 
 from artifacts.cards import ModelCard
 from artifacts.store import load_classifier
-from service import metrics
-from service.schemas import InputSpec
+from service.inputs import InputSpec
+from service.schemas import Prediction
 from uncertainty.engine import MCEngine, configure_tensorflow_threads
 from uncertainty.risk import prediction_sets, risk_score
 from uncertainty.summary import UncertaintySummary, summarize
@@ -43,53 +44,39 @@ class Predictor:
         return predictor
 
     def predict(
-        self, x: np.ndarray, n_samples: int | None, seed: int | None,
-        risk_threshold: float | None, endpoint: str,
-    ) -> list[dict]:
-        """One prediction dict per row of ``x`` ``[batch, *input_shape]``."""
-        n_samples = n_samples or self.default_samples
-        started = time.perf_counter()
+        self, x: np.ndarray, *, n_samples: int, seed: int | None = None,
+        risk_threshold: float | None = None,
+    ) -> list[Prediction]:
+        """One prediction per row of ``x`` ``[batch, *input_shape]``."""
         samples = self.engine.sample(x, n_samples, seed)  # [n_samples, batch, classes]
-        metrics.ENGINE_SECONDS.observe(time.perf_counter() - started)
-        metrics.N_SAMPLES.observe(n_samples)
-        return self._predictions(summarize(samples), risk_threshold, endpoint)
+        return self._predictions(summarize(samples), risk_threshold)
 
-    def predict_ragged(self, x: np.ndarray, counts: list[int | None], endpoint: str) -> list[dict]:
-        """Row i with ``counts[i]`` samples (None: the default), all in one engine pass."""
-        counts = [count or self.default_samples for count in counts]
-        metrics.BATCH_SIZE.observe(len(counts))
-        started = time.perf_counter()
-        rows = self.engine.sample_ragged(x, counts)  # one [counts[i], classes] per row
-        metrics.ENGINE_SECONDS.observe(time.perf_counter() - started)
+    def predict_ragged(self, x: np.ndarray, *, n_samples: list[int]) -> list[Prediction]:
+        """Row i of ``x`` with ``n_samples[i]`` samples, all in one engine pass."""
+        rows = self.engine.sample_ragged(x, n_samples)  # one [n_samples[i], classes] per row
         by_count: dict[int, list[int]] = defaultdict(list)
-        for index, count in enumerate(counts):
+        for index, count in enumerate(n_samples):
             by_count[count].append(index)
-            metrics.N_SAMPLES.observe(count)
-        predictions: list[dict] = [{}] * len(counts)
+        predictions: list[Prediction | None] = [None] * len(n_samples)
         for indices in by_count.values():  # rows with equal counts share one summary
             samples = np.stack([rows[i] for i in indices], axis=1)  # [count, rows, classes]
             for index, prediction in zip(
-                indices, self._predictions(summarize(samples), None, endpoint), strict=True
+                indices, self._predictions(summarize(samples), None), strict=True
             ):
                 predictions[index] = prediction
         return predictions
 
     def _predictions(
-        self, summary: UncertaintySummary, risk_threshold: float | None, endpoint: str
-    ) -> list[dict]:
+        self, summary: UncertaintySummary, risk_threshold: float | None
+    ) -> list[Prediction]:
         policy = self.card.risk_policy
         threshold = policy.threshold if risk_threshold is None else risk_threshold
         scores = risk_score(summary, policy.metric)
         flagged = scores > threshold
         sets = prediction_sets(summary.mean, self.card.conformal_quantile)
         names = self.card.class_names
-        metrics.PREDICTIONS.labels(endpoint).inc(len(scores))
-        metrics.FLAGGED.labels(endpoint).inc(int(flagged.sum()))
-        risk_scores = metrics.RISK_SCORE.labels(policy.metric)
-        for score in scores:
-            risk_scores.observe(score)
         return [
-            {
+            Prediction.model_validate({
                 "label": int(label),
                 "class_name": names[label],
                 "confidence": float(summary.confidence[row]),
@@ -105,6 +92,6 @@ class Predictor:
                     "threshold": float(threshold),
                 },
                 "prediction_set": [names[c] for c in np.flatnonzero(sets[row])],
-            }
+            })
             for row, label in enumerate(summary.label)
         ]

@@ -4,17 +4,18 @@
 
 The model (``UQ_MODEL``, default ``uq-classifier:latest``) is loaded in the
 worker, in the background: TensorFlow is imported there, never in the CLI
-process, and ``/readyz`` answers 503 until the model is ready.
+process, and ``/readyz`` answers 503 until the model is ready. Each route
+resolves N, calls the predictor and records metrics around the call.
 """
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import os
 import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,9 +25,9 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import Field
 
-from service.middleware import ServiceMiddleware, quiet_client_error_tracebacks
+from service import adapter, metrics
+from service.middleware import ServiceMiddleware
 from service.schemas import (
-    ACTIVE_INPUT,
     BatchItem,
     GenerateRequest,
     GenerateResponse,
@@ -35,14 +36,10 @@ from service.schemas import (
     PredictRequest,
     PredictResponse,
     Seed,
-    parse_image,
 )
 from service.settings import settings
 
 logger = logging.getLogger(__name__)
-
-
-API_ROUTES = ("predict", "predict_batched", "predict_image", "metadata", "generate")
 
 #: /predict calls of up to this many rows (instances x samples, a few ms) run on
 #: the event loop; larger ones in a worker thread.
@@ -55,6 +52,8 @@ REQUEST_TIMEOUT_SECONDS = 20
 
 #: Middle-generation collections between full ones (CPython's default is 10).
 FULL_COLLECTION_EVERY = 1000
+
+API_ROUTES = ("predict", "predict_batched", "predict_image", "metadata", "generate")
 
 
 @bentoml.service(
@@ -73,11 +72,7 @@ class UQService:
     def __init__(self) -> None:
         self.predictor = None
         self.sampler = None
-        # BentoML looks an API method up on this instance twice per request, and
-        # each lookup wraps it anew (inspect.signature included): a tenth of the
-        # event loop's time under load. The wrapper never changes, so keep it.
-        for name in API_ROUTES:
-            setattr(self, name, getattr(self, name))
+        adapter.keep_api_wrappers(self, API_ROUTES)
         threading.Thread(target=self._load, name="uq-model-loader", daemon=True).start()
 
     def _load(self) -> None:
@@ -96,31 +91,37 @@ class UQService:
             return
         _settle_garbage_collector()
         self.predictor = predictor
-        ACTIVE_INPUT.spec = predictor.spec
 
     def __is_ready__(self) -> bool:
         return self.predictor is not None
 
-    def _response(self, predictions: list[dict], n_samples: int | None) -> PredictResponse:
-        return PredictResponse.model_validate({
-            "model": self.predictor.tag,
-            "n_samples": n_samples or self.predictor.default_samples,
-            "predictions": predictions,
-        })
+    def _predict(
+        self, endpoint: str, x: np.ndarray, n_samples: int, seed: int | None,
+        risk_threshold: float | None = None,
+    ) -> list[Prediction]:
+        """The predictor's answer for ``x`` ``[batch, *input_shape]``, with metrics."""
+        started = time.perf_counter()
+        predictions = self.predictor.predict(
+            x, n_samples=n_samples, seed=seed, risk_threshold=risk_threshold
+        )
+        metrics.observe_predictions(endpoint, predictions, [n_samples] * len(x),
+                                    time.perf_counter() - started)
+        return predictions
 
     @bentoml.api(route="/predict")
     async def predict(self, request: PredictRequest, /) -> PredictResponse:
         """MC dropout predictions for a list of instances (raw pixels, flat or shaped)."""
         x = np.stack(request.instances)
-        call = functools.partial(
-            self.predictor.predict, x, request.n_samples, request.seed,
-            request.risk_threshold, endpoint="predict",
-        )
-        rows = len(x) * (request.n_samples or self.predictor.default_samples)
+        n_samples = request.n_samples or self.predictor.default_samples
+        arguments = ("predict", x, n_samples, request.seed, request.risk_threshold)
         # a small call is cheaper on the event loop than handed to a thread and back;
         # a large one must not hold up the other requests
-        predictions = call() if rows <= INLINE_ROWS else await anyio.to_thread.run_sync(call)
-        return self._response(predictions, request.n_samples)
+        if len(x) * n_samples <= INLINE_ROWS:
+            predictions = self._predict(*arguments)
+        else:
+            predictions = await anyio.to_thread.run_sync(self._predict, *arguments)
+        return PredictResponse(model=self.predictor.tag, n_samples=n_samples,
+                               predictions=predictions)
 
     @bentoml.api(
         route="/predict_batched",
@@ -133,13 +134,18 @@ class UQService:
     ) -> list[Prediction]:
         """Adaptive batching: concurrent requests merge into one engine call, whatever
         their n_samples. Returns one prediction per item, in order."""
-        return self.predictor.predict_ragged(
-            np.stack([item.instance for item in items]),
-            [item.n_samples for item in items],
-            endpoint="predict_batched",
+        counts = [item.n_samples or self.predictor.default_samples for item in items]
+        started = time.perf_counter()
+        predictions = self.predictor.predict_ragged(
+            np.stack([item.instance for item in items]), n_samples=counts
         )
+        metrics.BATCH_SIZE.observe(len(items))
+        metrics.observe_predictions("predict_batched", predictions, counts,
+                                    time.perf_counter() - started)
+        return predictions
 
     @bentoml.api(route="/predict_image")
+    @adapter.answers_service_errors
     def predict_image(
         self,
         image: Annotated[Path, ContentType("image/*")],
@@ -147,32 +153,34 @@ class UQService:
         seed: Seed | None = None,
     ) -> PredictResponse:
         """A PNG or JPEG upload (multipart field ``image``), converted as the card says."""
+        from service.inputs import parse_image
+
         try:
             x = parse_image(str(image), self.predictor.spec)
         except ValueError as error:
-            raise bentoml.exceptions.InvalidArgument(f"image: {error}") from None
-        predictions = self.predictor.predict(
-            x[None], n_samples, seed, None, endpoint="predict_image"
-        )
-        return self._response(predictions, n_samples)
+            raise adapter.BadRequest(f"image: {error}") from None
+        n_samples = n_samples or self.predictor.default_samples
+        predictions = self._predict("predict_image", x[None], n_samples, seed)
+        return PredictResponse(model=self.predictor.tag, n_samples=n_samples,
+                               predictions=predictions)
 
     @bentoml.api(route="/generate")
+    @adapter.answers_service_errors
     def generate(self, request: GenerateRequest, /) -> GenerateResponse:
         """Images from the GAN generator (UQ_GENERATOR), each with the classifier's MC
         prediction; the same seed gives the same response."""
         if self.sampler is None:
-            raise bentoml.exceptions.NotFound(
+            raise adapter.NotFound(
                 "no generator is configured: set UQ_GENERATOR to a tag that uq-train-gan saved"
             )
         seed = request.seed if request.seed is not None else secrets.randbits(63)
+        n_samples = request.n_samples or self.predictor.default_samples
         images = self.sampler.images(request.count, seed)  # [count, *input_shape]
-        predictions = self.predictor.predict(
-            images, request.n_samples, seed, None, endpoint="generate"
-        )
+        predictions = self._predict("generate", images, n_samples, seed)
         return GenerateResponse.model_validate({
             "generator": self.sampler.tag,
             "model": self.predictor.tag,
-            "n_samples": request.n_samples or self.predictor.default_samples,
+            "n_samples": n_samples,
             "seed": seed,
             "samples": [
                 {"image": np.round(image, 3).tolist(), "prediction": prediction}
@@ -206,9 +214,6 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
-# BentoML derives the media type of a list output from its JSON schema on every
-# response, which took 40% of the batched path's CPU; these outputs are JSON.
-for api in UQService.apis.values():
-    api.output_spec.media_type = "application/json"
+adapter.declare_json_outputs(UQService)
 UQService.add_asgi_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
-quiet_client_error_tracebacks()
+adapter.quiet_client_error_tracebacks()

@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.schemas import ACTIVE_INPUT
-
 DIGIT = [float(v % 17) for v in range(64)]  # a valid 8 x 8 instance in [0, 16]
 
 
@@ -113,7 +111,7 @@ def test_the_service_keeps_serving_after_bad_input(client):
 
 
 def test_apis_answer_503_until_the_model_is_loaded(client, monkeypatch):
-    monkeypatch.setattr(ACTIVE_INPUT, "spec", None)
+    monkeypatch.setattr(bentoml.get_current_service(), "predictor", None)
     assert_error(post(client, "/predict", {"instances": [DIGIT]}), 503, "still loading")
     assert client.get("/livez").status_code == 200
 

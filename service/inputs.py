@@ -1,0 +1,140 @@
+"""What one instance of the served model must look like, and the checks that turn
+JSON instances and uploaded images into arrays.
+
+The spec comes from the model card (input shape, value range); the predictor
+holds it once the model is loaded. Each failed check raises ``ValueError`` with
+a message that names what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import AllowInfNan, Strict, TypeAdapter, ValidationError
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What one instance must look like: from the model card."""
+
+    input_shape: tuple[int, ...]
+    value_range: tuple[float, float]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.input_shape)
+
+    def describe(self) -> str:
+        if len(self.input_shape) == 1:
+            return f"{self.size} numbers"
+        return f"{self.size} numbers or a {' x '.join(map(str, self.input_shape))} nested list"
+
+    def parse(self, raw: Any) -> np.ndarray:
+        """One instance, flat or shaped, as float32 ``input_shape``; raises ValueError."""
+        return parse_instance(raw, self)
+
+    def parse_all(self, raw: list[Any]) -> list[np.ndarray]:
+        """Every instance of a list, each ``input_shape``; the error names the index."""
+        checked = []
+        for index, instance in enumerate(raw):
+            try:
+                checked.append(parse_instance(instance, self))
+            except ValueError as error:
+                raise ValueError(f"instance {index}: {error}") from None
+        return checked
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+#: JSON numbers only (no booleans, strings or null), finite; checked in pydantic's
+#: Rust core, several times faster than a Python loop over the values.
+_Number = Annotated[float, Strict(), AllowInfNan(False)]
+_FLAT_NUMBERS = TypeAdapter(list[_Number])
+_NESTED_NUMBERS = TypeAdapter(list[list[_Number]])
+
+
+def parse_instance(raw: Any, spec: InputSpec) -> np.ndarray:
+    """One instance, flat or shaped, as float32 ``spec.input_shape``; raises ValueError."""
+    expected = spec.describe()
+    if not isinstance(raw, list):
+        raise ValueError(f"expected {expected}, got {_json_type(raw)}")
+    adapter = _NESTED_NUMBERS if raw and isinstance(raw[0], list) else _FLAT_NUMBERS
+    try:
+        array = np.asarray(adapter.validate_python(raw), dtype=np.float64)
+    except (ValidationError, ValueError):  # a bad value, deeper or ragged nesting
+        array = _array_or_explanation(raw, expected)
+    if array.size == 0:
+        raise ValueError(f"expected {expected}, got an empty list")
+    if array.shape == spec.input_shape:
+        pass
+    elif array.ndim == 1 and array.size == spec.size:
+        array = array.reshape(spec.input_shape)
+    else:
+        got = " x ".join(map(str, array.shape))
+        raise ValueError(f"expected {expected}, got shape {got}")
+    low, high = spec.value_range
+    if array.min() < low or array.max() > high:
+        raise ValueError(
+            f"values must lie in the model's range [{low:g}, {high:g}], got "
+            f"[{array.min():g}, {array.max():g}]"
+        )
+    return array.astype(np.float32)
+
+
+def _array_or_explanation(raw: list, expected: str) -> np.ndarray:
+    """The slow path: a regular nesting of numbers as an array, or a ValueError
+    that says what is wrong."""
+    try:
+        values = np.asarray(raw, dtype=object)
+    except ValueError:  # numpy refuses some ragged nestings outright
+        values = None
+    bad = [v for v in (values.flat if values is not None else ()) if type(v) not in (float, int)]
+    if values is None or any(isinstance(v, list) for v in bad):  # others it keeps as lists
+        raise ValueError(
+            f"ragged nesting: every row must have the same length; expected {expected}"
+        )
+    if bad:
+        raise ValueError(f"expected {expected}, got {_json_type(bad[0])} among the values")
+    array = values.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError("values must be finite numbers, got NaN or Infinity")
+    return array
+
+
+def parse_image(path: str, spec: InputSpec) -> np.ndarray:
+    """An uploaded PNG or JPEG as one instance: grayscale or RGB as the input's
+    channels, resized to the input's height and width, 0..255 mapped onto the
+    card's value range. Raises ValueError."""
+    from PIL import Image, UnidentifiedImageError
+
+    height, width = spec.input_shape[:2]
+    channels = spec.input_shape[2] if len(spec.input_shape) == 3 else 1
+    if len(spec.input_shape) not in (2, 3) or channels not in (1, 3):
+        raise ValueError(f"this model takes {spec.describe()}, not images")
+    try:
+        with Image.open(path) as image:
+            if image.format not in ("PNG", "JPEG"):
+                raise ValueError(f"expected a PNG or JPEG image, got {image.format}")
+            converted = image.convert("L" if channels == 1 else "RGB").resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+            pixels = np.asarray(converted, dtype=np.float32)
+    except (UnidentifiedImageError, OSError):
+        raise ValueError("not a readable PNG or JPEG image") from None
+    low, high = spec.value_range
+    return (low + pixels * ((high - low) / 255.0)).reshape(spec.input_shape).astype(np.float32)

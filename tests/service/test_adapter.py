@@ -1,0 +1,111 @@
+"""One test per assumption service/adapter.py makes about BentoML beyond its documented
+API. A failure here after a BentoML upgrade names the assumption that broke: fix
+service/adapter.py, nowhere else.
+
+They run against a bare probe service (no middleware of ours), so that what they
+see is BentoML's own behaviour."""
+
+import json
+import logging
+
+import bentoml
+import pytest
+from pydantic import BaseModel
+from starlette.testclient import TestClient
+
+from service import adapter
+
+
+class Item(BaseModel):
+    value: int
+
+
+@bentoml.service
+class Probe:
+    @bentoml.api
+    def echo(self, item: Item) -> list[Item]:
+        if item.value < 0:
+            raise adapter.BadRequest("value: expected a non-negative number")
+        return [item]
+
+    @bentoml.api
+    @adapter.answers_service_errors
+    def shaped(self, item: Item) -> Item:
+        if item.value < 0:
+            raise adapter.BadRequest("value: expected a non-negative number")
+        return item
+
+    @bentoml.api
+    def upload(self, value: int = 0) -> int:
+        return value
+
+
+@pytest.fixture(scope="module")
+def probe():
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    # Probe.to_asgi(), but without BentoML's metrics middleware: its metric names
+    # would clash with those of the service's app in this process
+    Probe.inject_config()
+    with TestClient(ServiceAppFactory(Probe, is_main=True, enable_metrics=False)()) as client:
+        yield client
+
+
+def post(client, path, body):
+    return client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+
+
+def test_assumption_validation_errors_are_an_error_and_a_list_of_pydantic_details(probe):
+    response = post(probe, "/echo", {"item": {"value": "x"}})
+    assert response.status_code == 400
+    body = response.json()
+    assert isinstance(body, dict) and isinstance(body["detail"], list), body
+    assert adapter.error_message(response.content).startswith("item.value: ")
+
+
+def test_assumption_a_raised_4xx_exception_is_a_one_element_list(probe):
+    response = post(probe, "/echo", {"item": {"value": -1}})
+    assert response.status_code == 400
+    assert response.json() == [{"error": "value: expected a non-negative number"}]
+    assert adapter.error_message(response.content) == "value: expected a non-negative number"
+
+
+def test_assumption_a_returned_response_is_sent_as_it_is(probe):
+    response = post(probe, "/shaped", {"item": {"value": -1}})
+    assert response.status_code == 400
+    assert response.json() == {"error": "value: expected a non-negative number"}
+    assert post(probe, "/shaped", {"item": {"value": 3}}).json() == {"value": 3}
+
+
+def test_assumption_output_media_type_is_read_from_the_output_spec(probe):
+    adapter.declare_json_outputs(Probe)
+    assert all(api.output_spec.media_type == "application/json" for api in Probe.apis.values())
+    response = post(probe, "/echo", {"item": {"value": 1}})
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == [{"value": 1}]
+
+
+def test_assumption_api_lookups_wrap_anew_and_a_kept_wrapper_is_used(probe):
+    service = bentoml.get_current_service()
+    # BentoML calls the `.local` of a fresh lookup per request
+    assert service.echo.local is not service.echo.local
+    adapter.keep_api_wrappers(service, ("echo",))
+    assert service.echo.local is service.echo.local
+    assert post(probe, "/echo", {"item": {"value": 2}}).json() == [{"value": 2}]
+
+
+def test_assumption_a_file_in_a_value_field_is_taken_as_its_value(probe):
+    files = {"value": ("v.bin", b"3", "application/octet-stream")}
+    assert probe.post("/upload", files=files).json() == 3
+    body = (b'--b\r\nContent-Disposition: form-data; name="value"; filename="v.bin"\r\n\r\n'
+            b"\x89\x00\r\n--b--\r\n")
+    assert adapter.form_problem(body, "image", ("value",)) == (
+        "value: expected a form value, got a file")
+
+
+def test_assumption_client_error_tracebacks_are_logged_on_the_http_app_logger(probe, caplog):
+    with caplog.at_level(logging.ERROR, logger=adapter.HTTP_APP_LOGGER):
+        post(probe, "/echo", {"item": {"value": -1}})
+    records = [r for r in caplog.records if r.name == adapter.HTTP_APP_LOGGER]
+    assert records and records[0].exc_info, "BentoML no longer logs rejected requests there"
+    assert not adapter._DropClientErrorTracebacks().filter(records[0])
