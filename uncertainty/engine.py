@@ -1,6 +1,8 @@
 """Monte Carlo dropout engine: N stochastic forward passes folded into compiled calls.
 
-The model is read as a linear chain of Keras layers and split in two:
+The model is read as a linear chain of Keras layer applications (nested
+Sequential and Functional models flattened; a layer called twice appears twice)
+and split in two:
 
 * the deterministic prefix, every layer before the first dropout layer with a
   non-zero rate, runs once per input row in inference mode;
@@ -8,20 +10,34 @@ The model is read as a linear chain of Keras layers and split in two:
   sample, with dropout on and every other layer (BatchNormalization included)
   in inference mode.
 
-Each call is padded to a row bucket (``_bucket``: padding adds at most a
-quarter) whose programs are compiled once, so requests never retrace. Small
-calls run the suffix as one XLA program; large ones keep the matrix products in
-TensorFlow's oneDNN kernels and make each dropout layer a fused XLA program,
-the first of which also expands the prefix output to one row per sample.
-Rows are chunked to bound memory (``MAX_ROWS_PER_CALL``, ``MAX_BYTES_PER_CALL``).
+The engine samples Keras' Dropout, AlphaDropout and SpatialDropout layers, with
+their ``noise_shape``. It refuses at construction, naming the layer, what it
+cannot sample faithfully rather than run it with its noise off: other noise
+layers, dropout inside another layer (a wrapper, a custom layer, a subclassed
+model, an RNN's own dropout), rates its 16-bit masks cannot represent, a
+``noise_shape`` without one entry per axis, and a model without active dropout.
 
-Masks come from a counter-based
-generator (SplitMix64 over the element index, keyed per chunk and per layer):
+Each call is padded to a row bucket (``_bucket``: padding adds at most a
+quarter, and a call never exceeds ``max_rows_per_call``) whose programs are
+compiled once, so requests never retrace. Small calls run the suffix as one XLA
+program; large ones keep the matrix products in TensorFlow's oneDNN kernels and
+make each dropout application a fused XLA program, the first of which also
+expands the prefix output to one row per sample. Rows are chunked to bound
+memory (``MAX_ROWS_PER_CALL``, ``MAX_BYTES_PER_CALL``).
+
+Masks come from a counter-based generator (SplitMix64 over the element index,
+keyed per chunk and per dropout application, by its position in the chain):
 each 64-bit hash gives four 16-bit uniforms, which makes the masks cheap enough
 not to dominate the matrix products. A dropout rate ``p`` is applied as the
 16-bit threshold ``round(p * 65536)``, and kept units are scaled by the exact
 inverse of the resulting keep probability, so the layer stays unbiased; the
 rate differs from ``p`` by less than 1e-5.
+
+A ``noise_shape`` whose batch entry is 1 makes one Keras call
+``model(x, training=True)`` draw one mask for all rows of ``x``. A Monte Carlo
+sample plays the part of that call here: such a layer draws one mask per
+sample, shared by every input of the request (its key is the same in every
+chunk, and the mask a function of the sample's number).
 
 Shapes: ``x`` is ``[batch, *input_shape]``; ``sample`` returns probabilities
 ``[n_samples, batch, classes]``; ``sample_ragged`` returns one
@@ -32,15 +48,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.models.functional import Functional
 
 #: Upper bound on the rows (input rows x samples) that one compiled call sees.
 MAX_ROWS_PER_CALL = 8192
-#: Calls of this many rows and more keep matrix products out of XLA (MCEngine._compile).
+#: Calls of this many rows and more keep matrix products out of XLA (MCEngine._split_plan).
 SPLIT_PLAN_ROWS = 2048
 #: Upper bound on the memory of the widest activation of one call, in bytes.
 MAX_BYTES_PER_CALL = 128 * 2**20
@@ -53,7 +70,14 @@ _SPLITMIX_SHIFTS = (30, 27, 31)
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 
-_MC_LAYER_TYPES = (keras.layers.Dropout, keras.layers.AlphaDropout)
+_MC_LAYER_TYPES = (keras.layers.Dropout, keras.layers.AlphaDropout)  # SpatialDropout included
+# The calls whose dropout the engine reproduces: a subclass that overrides call may do
+# anything else with its rate.
+_SAMPLED_CALLS = (
+    keras.layers.Dropout.call,
+    keras.layers.AlphaDropout.call,
+    keras.layers.SpatialDropout1D.call,  # shared by SpatialDropout2D and 3D
+)
 _UNSAMPLEABLE_LAYER_TYPES = (keras.layers.GaussianNoise, keras.layers.GaussianDropout)
 
 
@@ -77,6 +101,13 @@ def _splitmix64(state: tf.Tensor) -> tf.Tensor:
     return tf.bitwise.bitwise_xor(state, tf.bitwise.right_shift(state, third))
 
 
+def _hashes(key: tf.Tensor, counters: tf.Tensor) -> tf.Tensor:
+    """``splitmix64(key + counter * gamma)`` for int64 ``counters`` of any shape."""
+    return _splitmix64(
+        key + tf.cast(counters, tf.uint64) * tf.constant(_SPLITMIX_GAMMA, tf.uint64)
+    )
+
+
 def random_uint16(key: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
     """Uniform uint16 values of ``shape``, a pure function of ``key`` (uint64 scalar).
 
@@ -85,37 +116,75 @@ def random_uint16(key: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
     """
     size = tf.reduce_prod(shape)
     words = (size + 3) // 4
-    counters = tf.cast(tf.range(1, words + 1, dtype=tf.int64), tf.uint64)
-    hashes = _splitmix64(key + counters * tf.constant(_SPLITMIX_GAMMA, tf.uint64))
+    hashes = _hashes(key, tf.range(1, words + 1, dtype=tf.int64))
     values = tf.reshape(tf.bitcast(hashes, tf.uint16), [-1])[:size]
     return tf.reshape(values, shape)
+
+
+def _random_uint16_rows(key: tf.Tensor, row_ids: tf.Tensor, row_shape: tf.Tensor) -> tf.Tensor:
+    """Uniform uint16 values ``[len(row_ids), *row_shape]`` in which row ``r`` is a pure
+    function of ``key`` and ``row_ids[r]`` (int32): rows with equal ids are equal."""
+    row_size = tf.reduce_prod(row_shape)
+    words_per_row = tf.cast((row_size + 3) // 4, tf.int64)
+    counters = (  # [rows, words_per_row]
+        tf.cast(row_ids, tf.int64)[:, None] * words_per_row
+        + tf.range(1, words_per_row + 1, dtype=tf.int64)
+    )
+    n_rows = tf.shape(row_ids)[:1]
+    values = tf.reshape(tf.bitcast(_hashes(key, counters), tf.uint16), tf.concat([n_rows, [-1]], 0))
+    return tf.reshape(values[:, :row_size], tf.concat([n_rows, row_shape], 0))
+
+
+def _threshold(rate: float) -> int:
+    """The 16-bit threshold that applies ``rate``: uniforms below it drop their unit."""
+    return round(rate * _UINT16_RANGE)
+
+
+def _rate_refusal(rate: float) -> str | None:
+    """Why the engine's 16-bit masks cannot apply ``rate``, or None."""
+    if not 0.0 <= rate or _threshold(rate) >= _UINT16_RANGE:
+        return (
+            f"has rate {rate}; the engine needs 0 <= rate < 1 - 2**-17, so that its 16-bit "
+            f"threshold round(rate * {_UINT16_RANGE}) stays below {_UINT16_RANGE}"
+        )
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
 class DropoutMask:
     """One dropout layer applied with our own masks. ``noise_shape`` excludes the
-    row axis and may hold 1s where the mask is shared (SpatialDropout)."""
+    row axis and may hold 1s where the mask is shared (SpatialDropout). With
+    ``shared_by_inputs`` (Keras' noise shape with a leading 1) each Monte Carlo
+    sample draws one mask, shared by all the inputs of that sample."""
 
     layer_name: str
     rate: float
     noise_shape: tuple[int | None, ...]
     alpha: bool
+    shared_by_inputs: bool = False
+
+    def __post_init__(self) -> None:
+        reason = _rate_refusal(self.rate)
+        if reason:
+            raise ValueError(f"dropout {self.layer_name!r} {reason}")
 
     @property
     def threshold(self) -> int:
-        return round(self.rate * _UINT16_RANGE)
+        return _threshold(self.rate)
 
     @property
     def keep_probability(self) -> float:
         return 1.0 - self.threshold / _UINT16_RANGE
 
-    def __call__(self, h: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
-        h_shape = tf.shape(h)
-        mask_shape = tf.stack(
-            [h_shape[0]]
-            + [1 if size == 1 else h_shape[axis + 1] for axis, size in enumerate(self.noise_shape)]
+    def __call__(
+        self, h: tf.Tensor, key: tf.Tensor, sample_index: tf.Tensor | None = None
+    ) -> tf.Tensor:
+        """``h`` ``[R, *shape]`` through dropout drawn with ``key`` (uint64 scalar).
+        ``sample_index`` ``[R]`` (int32), the Monte Carlo sample of each row, is needed
+        with ``shared_by_inputs``."""
+        keep = self._uniforms(tf.shape(h), key, sample_index) >= tf.constant(
+            self.threshold, tf.uint16
         )
-        keep = random_uint16(key, mask_shape) >= tf.constant(self.threshold, tf.uint16)
         if not self.alpha:
             return tf.where(keep, h * (1.0 / self.keep_probability), tf.zeros((), h.dtype))
         dropped_value = -_SELU_ALPHA * _SELU_SCALE
@@ -124,29 +193,66 @@ class DropoutMask:
         b = -a * dropped_value * drop_probability
         return a * tf.where(keep, h, tf.constant(dropped_value, h.dtype)) + b
 
+    def _uniforms(
+        self, h_shape: tf.Tensor, key: tf.Tensor, sample_index: tf.Tensor | None
+    ) -> tf.Tensor:
+        """uint16 ``[R, *mask_shape]``: ``h``'s shape with the 1s of ``noise_shape``."""
+        mask_shape = [
+            1 if size == 1 else h_shape[axis + 1] for axis, size in enumerate(self.noise_shape)
+        ]
+        if not self.shared_by_inputs:
+            return random_uint16(key, tf.stack([h_shape[0], *mask_shape]))
+        if sample_index is None:
+            raise ValueError(
+                f"dropout {self.layer_name!r} draws one mask per sample: it needs sample_index"
+            )
+        return _random_uint16_rows(key, sample_index, tf.stack(mask_shape))
 
-def _layer_chain(model: keras.Model) -> list[keras.layers.Layer]:
-    """The model's layers in call order, nested models flattened.
+
+@dataclasses.dataclass(frozen=True)
+class _Link:
+    """One application of a layer in the chain: a layer called twice gives two links."""
+
+    layer: keras.layers.Layer
+    output_shape: tuple[int | None, ...]  # of one row: without the batch axis
+
+
+def _graph(layer: keras.layers.Layer) -> Functional | None:
+    """The graph of a Sequential or Functional model, in which the engine can follow
+    the layers in call order; None for other layers, a subclassed model's ``call``
+    being as opaque as a custom layer's. None also for a Sequential not yet built."""
+    if type(layer).call is keras.Sequential.call:
+        return layer._functional
+    if type(layer).call is Functional.call:
+        return layer
+    return None
+
+
+def _layer_chain(model: keras.Model) -> list[_Link]:
+    """The model's layer applications in call order, nested Sequential and Functional
+    models flattened.
 
     Raises ValueError, naming the layer, when the model is not a linear chain.
     """
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    graph = _graph(model)
+    if graph is None:
+        raise ValueError(
+            f"model {model.name!r} ({type(model).__name__}) must be a built Sequential or "
+            "Functional model: the engine follows their layers in call order"
+        )
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ValueError(f"model {model.name!r} must have one input and one output")
-    if isinstance(model, keras.Sequential):
-        layers = model.layers
-    else:
-        layers = _functional_chain(model)
-    chain: list[keras.layers.Layer] = []
-    for layer in layers:
-        chain.extend(_layer_chain(layer) if isinstance(layer, keras.Model) else [layer])
+    chain: list[_Link] = []
+    for link in _functional_chain(graph):
+        chain.extend(_layer_chain(link.layer) if _graph(link.layer) is not None else [link])
     return chain
 
 
-def _functional_chain(model: keras.Model) -> list[keras.layers.Layer]:
-    """A Functional model's layers, input to output, when each takes the previous
-    one's output. Keras keeps the model's own graph in ``_nodes_by_depth`` (a layer's
-    ``input`` may belong to another model that reused it)."""
-    layers, previous = [], None
+def _functional_chain(model: Functional) -> list[_Link]:
+    """A Functional model's layer applications, input to output, when each takes the
+    previous one's output. Keras keeps the model's own graph in ``_nodes_by_depth`` (a
+    layer's ``input`` may belong to another model that reused it)."""
+    links, previous = [], None
     for depth in sorted(model._nodes_by_depth, reverse=True):
         nodes = model._nodes_by_depth[depth]
         node = nodes[0]
@@ -159,21 +265,59 @@ def _functional_chain(model: keras.Model) -> list[keras.layers.Layer]:
                 "linear chains of layers only"
             )
         if not isinstance(node.operation, keras.layers.InputLayer):
-            layers.append(node.operation)
+            links.append(_Link(node.operation, tuple(node.outputs[0].shape[1:])))
         previous = node
-    return layers
+    return links
+
+
+def _check_chain(chain: list[_Link], model_name: str) -> None:
+    """Raise ValueError, naming the layer, unless the engine can sample ``chain``."""
+    for link in chain:
+        reason = _refusal(link.layer)
+        if reason:
+            raise ValueError(f"layer {link.layer.name!r} ({type(link.layer).__name__}) {reason}")
+    if not chain or not _ends_in_softmax(chain[-1].layer):
+        last = chain[-1].layer.name if chain else model_name
+        raise ValueError(
+            f"layer {last!r} must end the model with a softmax: the engine averages "
+            "probabilities"
+        )
+    if not any(_is_active_dropout(link.layer) for link in chain):
+        raise ValueError(
+            f"model {model_name!r} has no active dropout to sample: no Dropout, AlphaDropout "
+            "or SpatialDropout layer with a non-zero rate"
+        )
 
 
 def _refusal(layer: keras.layers.Layer) -> str | None:
     """Why the engine cannot run ``layer`` faithfully, or None."""
+    if isinstance(layer, _MC_LAYER_TYPES):
+        if type(layer).call not in _SAMPLED_CALLS:
+            return (
+                "overrides call: the engine samples only Keras' own dropout layers (use "
+                "keras.layers.Dropout; the engine turns it on itself)"
+            )
+        return _rate_refusal(layer.rate)
+    reason = _noise_refusal(layer)
+    if reason:
+        return reason
+    for inner in layer._flatten_layers(include_self=False):
+        if _is_active_dropout(inner) or _noise_refusal(inner):
+            return (
+                f"holds the stochastic layer {inner.name!r} ({type(inner).__name__}): the "
+                "engine samples dropout layers of the model's own chain only"
+            )
+    return None
+
+
+def _noise_refusal(layer: keras.layers.Layer) -> str | None:
+    """Why ``layer``'s own noise, other than a dropout layer's, cannot be sampled, or None."""
     if isinstance(layer, _UNSAMPLEABLE_LAYER_TYPES):
         return "adds noise the engine cannot sample (use Dropout, AlphaDropout or SpatialDropout)"
     for attribute in ("dropout", "recurrent_dropout"):
         value = getattr(layer, attribute, 0)
         if isinstance(value, int | float) and value > 0:
             return f"has internal {attribute}={value}, which the engine cannot sample"
-    if isinstance(layer, _MC_LAYER_TYPES) and not 0.0 <= layer.rate < 1.0:
-        return f"has rate {layer.rate}; the engine needs 0 <= rate < 1"
     return None
 
 
@@ -183,19 +327,90 @@ def _ends_in_softmax(layer: keras.layers.Layer) -> bool:
     )
 
 
-def _dropout_step(layer: keras.layers.Layer) -> DropoutMask:
-    per_row_shape = tuple(layer.output.shape[1:])
-    noise_shape = per_row_shape
-    if isinstance(layer, keras.layers.Dropout) and layer.noise_shape is not None:
-        noise_shape = tuple(layer.noise_shape[1:])
-    if hasattr(layer, "_get_noise_shape"):  # SpatialDropout1D/2D/3D
-        noise_shape = tuple(layer._get_noise_shape(layer.output)[1:])
+def _is_active_dropout(layer: keras.layers.Layer) -> bool:
+    return isinstance(layer, _MC_LAYER_TYPES) and layer.rate > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _SuffixDropout:
+    """An active dropout application of the suffix. ``key_index`` is its position among
+    the suffix's dropout applications: the column of a call's keys that draws its
+    masks, so that no two applications share a mask."""
+
+    mask: DropoutMask
+    key_index: int
+
+    def __call__(
+        self, h: tf.Tensor, keys: tf.Tensor, sample_index: tf.Tensor | None
+    ) -> tf.Tensor:
+        """h ``[R, ...]``, keys ``[dropout steps]``, sample_index ``[R]`` or None."""
+        return self.mask(h, keys[self.key_index], sample_index)
+
+
+_SuffixStep = keras.layers.Layer | _SuffixDropout
+#: A compiled call's body: (x, row_index, keys, sample_index or None) -> probabilities.
+_Plan = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor | None], tf.Tensor]
+
+
+def _suffix_steps(links: Sequence[_Link]) -> list[_SuffixStep]:
+    """The suffix's layers, each active dropout application replaced by our mask."""
+    steps: list[_SuffixStep] = []
+    n_dropout = 0
+    for link in links:
+        if _is_active_dropout(link.layer):
+            steps.append(_SuffixDropout(_dropout_mask(link), key_index=n_dropout))
+            n_dropout += 1
+        else:
+            steps.append(link.layer)
+    return steps
+
+
+def _dropout_mask(link: _Link) -> DropoutMask:
+    """Our mask for an active dropout application, with Keras' noise shape."""
+    layer = link.layer
+    noise_shape = _keras_noise_shape(link)
+    if len(noise_shape) != len(link.output_shape) + 1 or any(
+        size not in (None, 1, axis_size)
+        for size, axis_size in zip(noise_shape[1:], link.output_shape, strict=True)
+    ):
+        # Keras fills a shorter noise_shape's Nones from the left but broadcasts it from the right
+        raise ValueError(
+            f"layer {layer.name!r} ({type(layer).__name__}) has noise_shape {noise_shape}; the "
+            f"engine needs one entry per axis of its input {(None, *link.output_shape)}, each "
+            "None, 1 or the axis's size"
+        )
     return DropoutMask(
         layer_name=layer.name,
         rate=float(layer.rate),
-        noise_shape=noise_shape,
+        noise_shape=tuple(noise_shape[1:]),
         alpha=isinstance(layer, keras.layers.AlphaDropout),
+        shared_by_inputs=noise_shape[0] == 1,
     )
+
+
+def _keras_noise_shape(link: _Link) -> tuple[int | None, ...]:
+    """The layer's noise shape, batch axis first, None where the mask takes the input's size."""
+    layer = link.layer
+    if hasattr(layer, "_get_noise_shape"):  # SpatialDropout1D/2D/3D
+        return tuple(layer._get_noise_shape(keras.KerasTensor((None, *link.output_shape))))
+    if layer.noise_shape is not None:
+        return tuple(layer.noise_shape)
+    return (None,) * (len(link.output_shape) + 1)
+
+
+def _run_suffix(
+    h: tf.Tensor,
+    steps: Sequence[_SuffixStep],
+    apply_dropout: Callable[[_SuffixDropout, tf.Tensor], tf.Tensor],
+) -> tf.Tensor:
+    """``h`` ``[R, ...]`` through ``steps``: layers in inference mode, dropout
+    applications through ``apply_dropout(step, h)``."""
+    for step in steps:
+        if isinstance(step, _SuffixDropout):
+            h = apply_dropout(step, h)
+        else:
+            h = step(h, training=False)
+    return h
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,108 +431,100 @@ class MCEngine:
     >>> probabilities = engine.sample(x, n_samples=30, seed=7)  # [30, batch, classes]
 
     Calls are thread-safe. ``max_rows_per_call`` bounds the rows (input rows x
-    samples) of one compiled call; by default it is ``MAX_ROWS_PER_CALL``, lowered
-    so that the widest activation of a call stays under ``MAX_BYTES_PER_CALL``.
+    samples) of one compiled call, padding included: it is rounded down to a row
+    bucket. By default it is ``MAX_ROWS_PER_CALL``, lowered so that the widest
+    activation of a call stays under ``MAX_BYTES_PER_CALL``.
     """
 
     def __init__(self, model: keras.Model, max_rows_per_call: int | None = None) -> None:
         chain = _layer_chain(model)
-        for layer in chain:
-            reason = _refusal(layer)
-            if reason:
-                raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) {reason}")
-        if not chain or not _ends_in_softmax(chain[-1]):
-            last = chain[-1].name if chain else model.name
-            raise ValueError(
-                f"layer {last!r} must end the model with a softmax: the engine averages "
-                "probabilities"
-            )
-        if not any(isinstance(layer, _MC_LAYER_TYPES) for layer in chain):
-            raise ValueError(
-                f"model {model.name!r} has no Dropout, AlphaDropout or SpatialDropout layer "
-                "to sample"
-            )
-        self.model = model
+        _check_chain(chain, model.name)
         self.input_shape: tuple[int, ...] = tuple(model.inputs[0].shape[1:])
         self.num_classes: int = int(model.outputs[0].shape[-1])
-        split = next(
-            (i for i, layer in enumerate(chain) if _is_active_dropout(layer)), len(chain)
-        )
+        split = next(i for i, link in enumerate(chain) if _is_active_dropout(link.layer))
         #: Layers before the first dropout layer with a non-zero rate: run once per input.
-        self.prefix_layers: list[keras.layers.Layer] = chain[:split]
-        #: The rest, dropout layers replaced by our masks: run once per sample.
-        self._suffix: list[keras.layers.Layer | DropoutMask] = [
-            _dropout_step(layer) if _is_active_dropout(layer) else layer for layer in chain[split:]
-        ]
-        self.mc_layers: list[DropoutMask] = [
-            step for step in self._suffix if isinstance(step, DropoutMask)
-        ]
+        self.prefix_layers: list[keras.layers.Layer] = [link.layer for link in chain[:split]]
+        #: The rest, starting with a dropout application: run once per sample.
+        self._suffix = _suffix_steps(chain[split:])
+        self._dropout_steps = [step for step in self._suffix if isinstance(step, _SuffixDropout)]
+        #: Per dropout step, whether each sample draws one mask for all inputs.
+        self._shared_by_inputs = np.array(
+            [step.mask.shared_by_inputs for step in self._dropout_steps], dtype=bool
+        )
+        #: Whether calls take each row's sample number (``_compile``).
+        self._sample_indexed = bool(self._shared_by_inputs.any())
         if max_rows_per_call is not None:
             _check_count(max_rows_per_call, "max_rows_per_call")
-        self.max_rows_per_call = max_rows_per_call or _default_max_rows(chain[split:])
-        self._compile()
-
-    def _compile(self) -> None:
-        """Two plans for the rows after the prefix, drawing the same masks. Small calls
-        run them as one XLA program (one launch). Large calls keep the matrix
-        products in TensorFlow's oneDNN kernels, faster than XLA's, and make each
-        dropout layer an XLA program; the first also expands the prefix output to
-        one row per sample, so the expanded rows are written once, already masked."""
-        signature = [
-            tf.TensorSpec([None, *self.input_shape], tf.float32),
-            tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([len(self.mc_layers)], tf.uint64),
-        ]
-
-        def prefix(x: tf.Tensor) -> tf.Tensor:
-            for layer in self.prefix_layers:
-                x = layer(x, training=False)
-            return x
-
-        def run_suffix(h: tf.Tensor, keys: tf.Tensor, steps: list, apply_dropout) -> tf.Tensor:
-            for step in steps:
-                if isinstance(step, DropoutMask):
-                    h = apply_dropout(step, h, keys[self.mc_layers.index(step)])
-                else:
-                    h = step(h, training=False)
-            return h
-
-        def call_step(step: DropoutMask, h: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
-            return step(h, key)
-
-        fused_suffix = _compiled(
-            lambda rows, keys: run_suffix(rows, keys, self._suffix, call_step), jit_compile=True
+        self.max_rows_per_call = _largest_bucket_at_most(
+            int(max_rows_per_call or _default_max_rows(chain[split:]))
         )
+        self._forward_fused = self._compile(self._fused_plan())
+        self._forward_split = self._compile(self._split_plan())
 
-        @_compiled(input_signature=signature)
-        def forward_fused(x: tf.Tensor, row_index: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
-            # x: [B, *input_shape], row_index: [R] into x, keys: [n_mc_layers] -> [R, classes]
-            rows = tf.gather(prefix(x), row_index)
-            return fused_suffix(rows, keys) if self.mc_layers else rows
+    def _compile(self, plan: _Plan) -> tf.types.experimental.ConcreteFunction:
+        """``plan`` as one compiled call of x ``[B, *input_shape]``, row_index ``[R]``
+        (each row's input, a row of x), keys ``[dropout steps]`` and, only when
+        ``_sample_indexed`` (it costs a small call a few percent), sample_index ``[R]``
+        (each row's sample of its input)."""
+        x = tf.TensorSpec([None, *self.input_shape], tf.float32)
+        per_row = tf.TensorSpec([None], tf.int32)
+        keys = tf.TensorSpec([len(self._dropout_steps)], tf.uint64)
+        if self._sample_indexed:
+            forward = _compiled(plan, input_signature=[x, per_row, keys, per_row])
+        else:
+            forward = _compiled(
+                lambda x, row_index, keys: plan(x, row_index, keys, None),
+                input_signature=[x, per_row, keys],
+            )
+        return forward.get_concrete_function()
 
-        self._forward_fused = forward_fused.get_concrete_function()
-        if not self.mc_layers:
-            self._forward_split = self._forward_fused
-            return
+    def _prefix(self, x: tf.Tensor) -> tf.Tensor:
+        """x ``[B, *input_shape]`` -> ``[B, *prefix_output_shape]``, in inference mode."""
+        for layer in self.prefix_layers:
+            x = layer(x, training=False)
+        return x
 
-        compiled_steps = {
-            id(step): _compiled(step.__call__, jit_compile=True) for step in self.mc_layers
-        }
-        first_step = self.mc_layers[0]
+    def _fused_plan(self) -> _Plan:
+        """The plan for small calls: the suffix as one XLA program (one launch)."""
+
+        def suffix(rows: tf.Tensor, keys: tf.Tensor, sample_index: tf.Tensor | None) -> tf.Tensor:
+            # rows [R, *prefix_output_shape] -> [R, classes]
+            return _run_suffix(rows, self._suffix, lambda step, h: step(h, keys, sample_index))
+
+        compiled_suffix = _compiled(suffix, jit_compile=True)
+
+        def plan(x, row_index, keys, sample_index):
+            return compiled_suffix(tf.gather(self._prefix(x), row_index), keys, sample_index)
+
+        return plan
+
+    def _split_plan(self) -> _Plan:
+        """The plan for large calls (``SPLIT_PLAN_ROWS`` rows and more): the draws of the
+        fused plan, but the matrix products stay in TensorFlow's oneDNN kernels, faster
+        than XLA's at this size, and each dropout application is an XLA program. The
+        first also expands the prefix output to one row per sample, so that the
+        expanded rows are written once, already masked."""
+        first, rest = self._suffix[0], self._suffix[1:]  # the suffix starts with a dropout
         expand_and_drop = _compiled(
-            lambda h, row_index, key: first_step(tf.gather(h, row_index), key),
+            lambda prefix_output, row_index, keys, sample_index: first(
+                tf.gather(prefix_output, row_index), keys, sample_index
+            ),
             jit_compile=True,
         )
+        dropout_programs = {
+            step.key_index: _compiled(step.__call__, jit_compile=True)
+            for step in rest
+            if isinstance(step, _SuffixDropout)
+        }
 
-        @_compiled(input_signature=signature)
-        def forward_split(x: tf.Tensor, row_index: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
-            # as forward_fused; B must be a power of two (one XLA program per B and R)
-            h = expand_and_drop(prefix(x), row_index, keys[0])
-            return run_suffix(
-                h, keys, self._suffix[1:], lambda step, h, key: compiled_steps[id(step)](h, key)
+        def plan(x, row_index, keys, sample_index):
+            # B is a power of two here (see _call): one XLA program per B and R
+            h = expand_and_drop(self._prefix(x), row_index, keys, sample_index)  # [R, ...]
+            return _run_suffix(
+                h, rest, lambda step, h: dropout_programs[step.key_index](h, keys, sample_index)
             )
 
-        self._forward_split = forward_split.get_concrete_function()
+        return plan
 
     def sample(self, x: np.ndarray, n_samples: int, seed: int | None = None) -> np.ndarray:
         """Probabilities ``[n_samples, batch, classes]`` for ``x`` ``[batch, *input_shape]``.
@@ -353,12 +560,13 @@ class MCEngine:
         ``max_batch * n_samples`` rows need: every small-call bucket, whatever the
         mix of sample counts, and the large-call programs of 1 to ``max_batch``
         rows at ``n_samples``. Each new program takes a fraction of a second."""
-        keys = np.zeros(len(self.mc_layers), np.uint64)
+        keys = np.zeros(len(self._dropout_steps), np.uint64)
         one_row = np.zeros((1, *self.input_shape), np.float32)
         max_rows = min(max_batch * n_samples, self.max_rows_per_call)
         rows = 1
         while rows < SPLIT_PLAN_ROWS and rows <= _bucket(max_rows):
-            self._call(one_row, np.zeros(rows, np.int32), keys)
+            indices = np.zeros(rows, np.int32)
+            self._call(one_row, indices, keys, indices if self._sample_indexed else None)
             rows = _bucket(rows + 1)
         compiled = set()
         x = np.zeros((max_batch, *self.input_shape), np.float32)
@@ -384,27 +592,36 @@ class MCEngine:
     def _run(self, x: np.ndarray, counts: np.ndarray, seed: int | None) -> np.ndarray:
         """Probabilities ``[sum(counts), classes]``: ``counts[i]`` rows for input ``i``."""
         owners = np.repeat(np.arange(len(x), dtype=np.int32), counts)  # [total] input row
+        # [total] sample of that input
+        samples = _sample_numbers(counts) if self._sample_indexed else None
         chunks = _plan_chunks(owners, self.max_rows_per_call)
-        keys = _chunk_keys(seed, len(chunks), len(self.mc_layers))  # [chunks, mc_layers]
+        keys = _chunk_keys(seed, len(chunks), self._shared_by_inputs)  # [chunks, steps]
         outputs = []
         for chunk, chunk_keys in zip(chunks, keys, strict=True):
-            row_index = owners[chunk.start : chunk.stop] - chunk.first_input
-            padded = np.full(_bucket(len(row_index)), row_index[-1], dtype=np.int32)
-            padded[: len(row_index)] = row_index
+            rows = slice(chunk.start, chunk.stop)
+            row_index = _padded(owners[rows] - chunk.first_input)
+            sample_index = None if samples is None else _padded(samples[rows])
             inputs = x[chunk.first_input : chunk.last_input + 1]
-            outputs.append(self._call(inputs, padded, chunk_keys)[: len(row_index)])
+            probabilities = self._call(inputs, row_index, chunk_keys, sample_index)
+            outputs.append(probabilities[: chunk.stop - chunk.start])
         return np.concatenate(outputs)
 
-    def _call(self, x: np.ndarray, row_index: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """One compiled call: x ``[B, *input_shape]``, row_index ``[R]`` (a bucket size)
-        -> probabilities ``[R, classes]``."""
+    def _call(
+        self,
+        x: np.ndarray,
+        row_index: np.ndarray,
+        keys: np.ndarray,
+        sample_index: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """One compiled call (``_compile``), R a bucket size -> probabilities ``[R, classes]``."""
         if len(row_index) < SPLIT_PLAN_ROWS:
             forward = self._forward_fused
         else:
             forward = self._forward_split
             padding = (1 << (len(x) - 1).bit_length()) - len(x)  # B to a power of two
             x = np.concatenate([x, np.zeros((padding, *x.shape[1:]), x.dtype)])
-        return forward(tf.constant(x), tf.constant(row_index), tf.constant(keys)).numpy()
+        arguments = [x, row_index, keys] + ([] if sample_index is None else [sample_index])
+        return forward(*(tf.constant(argument) for argument in arguments)).numpy()
 
 
 def _compiled(function=None, **options):
@@ -415,12 +632,8 @@ def _compiled(function=None, **options):
     return tf.function(function, autograph=False, **options)
 
 
-def _is_active_dropout(layer: keras.layers.Layer) -> bool:
-    return isinstance(layer, _MC_LAYER_TYPES) and layer.rate > 0
-
-
-def _default_max_rows(suffix: Sequence[keras.layers.Layer]) -> int:
-    widest = max((math.prod(layer.output.shape[1:]) for layer in suffix), default=1)
+def _default_max_rows(suffix: Sequence[_Link]) -> int:
+    widest = max((math.prod(link.output_shape) for link in suffix), default=1)
     by_memory = max(1, MAX_BYTES_PER_CALL // (4 * widest))
     return min(MAX_ROWS_PER_CALL, 2 ** int(math.log2(by_memory)))
 
@@ -440,6 +653,22 @@ def _bucket(rows: int) -> int:
     return -(-rows // step) * step
 
 
+def _largest_bucket_at_most(rows: int) -> int:
+    """The largest bucket size (``_bucket``) not above ``rows``: calls of at most that
+    many rows stay within ``rows`` once padded."""
+    if rows <= 8:
+        return 1 << (rows.bit_length() - 1)
+    step = 1 << ((rows - 1).bit_length() - 3)
+    return rows // step * step
+
+
+def _padded(indices: np.ndarray) -> np.ndarray:
+    """int32 ``indices`` ``[n]`` to their bucket ``[_bucket(n)]``, repeating the last."""
+    padded = np.full(_bucket(len(indices)), indices[-1], dtype=np.int32)
+    padded[: len(indices)] = indices
+    return padded
+
+
 def _program(chunk: _Chunk) -> tuple[int, int]:
     """Which compiled program runs ``chunk``: its row bucket, and for the split plan
     its input rows padded to a power of two (0 for the fused plan)."""
@@ -451,8 +680,8 @@ def _program(chunk: _Chunk) -> tuple[int, int]:
 
 def _plan_chunks(owners: np.ndarray, max_rows: int) -> list[_Chunk]:
     """Split expanded rows (``owners[i]`` is the input row of row ``i``) into calls of
-    at most ``max_rows``. Padding the last call to its bucket costs less than a
-    further call would."""
+    at most ``max_rows``, a bucket size. Padding the last call to its bucket costs
+    less than a further call would."""
     chunks = []
     for start in range(0, len(owners), max_rows):
         stop = min(start + max_rows, len(owners))
@@ -460,11 +689,22 @@ def _plan_chunks(owners: np.ndarray, max_rows: int) -> list[_Chunk]:
     return chunks
 
 
-def _chunk_keys(seed: int | None, n_chunks: int, n_layers: int) -> np.ndarray:
-    """uint64 keys ``[n_chunks, n_layers]``: a pure function of ``seed``, fresh when None."""
+def _sample_numbers(counts: np.ndarray) -> np.ndarray:
+    """int32 ``[sum(counts)]``: ``0 .. counts[i] - 1`` for each input ``i`` in turn."""
+    starts = np.cumsum(counts) - counts
+    return (np.arange(counts.sum()) - np.repeat(starts, counts)).astype(np.int32)
+
+
+def _chunk_keys(seed: int | None, n_chunks: int, shared_by_inputs: np.ndarray) -> np.ndarray:
+    """uint64 keys ``[n_chunks, len(shared_by_inputs)]``, one column per dropout step: a
+    pure function of ``seed``, fresh when None. A step whose mask is shared by the
+    inputs of a sample keeps its first chunk's key in every chunk, so that a sample
+    split across chunks still has one mask."""
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0
     ):
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     generator = np.random.default_rng(seed)
-    return generator.integers(0, 2**64, size=(n_chunks, n_layers), dtype=np.uint64)
+    keys = generator.integers(0, 2**64, size=(n_chunks, len(shared_by_inputs)), dtype=np.uint64)
+    keys[:, shared_by_inputs] = keys[0, shared_by_inputs]
+    return keys
