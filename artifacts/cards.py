@@ -7,8 +7,9 @@ import dataclasses
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field, model_validator
 
+from uncertainty.calibration import Calibration, for_n_samples
 from uncertainty.risk import RiskPolicy
 
 
@@ -26,10 +27,39 @@ class ModelCard(BaseModel):
     dropout_rates: dict[str, float]  # dropout layer name -> rate
     default_n_samples: int
     test_metrics: dict[str, dict[str, float]]  # "deterministic" and "mc" -> name -> value
-    risk_policy: RiskPolicy
     conformal_alpha: float
-    conformal_quantile: float
+    calibrations: list[Calibration]  # one per calibrated N, ascending
     training: dict[str, Any]  # the training configuration, for the record
+
+    @model_validator(mode="after")
+    def _default_n_is_calibrated(self) -> ModelCard:
+        counts = self.calibrated_n_samples
+        if counts != sorted(set(counts)) or self.default_n_samples not in counts:
+            raise ValueError(
+                f"calibrations must ascend in N and include default_n_samples "
+                f"{self.default_n_samples}, got N = {counts}"
+            )
+        return self
+
+    @property
+    def calibrated_n_samples(self) -> list[int]:
+        return [calibration.n_samples for calibration in self.calibrations]
+
+    def calibration_for(self, n_samples: int) -> Calibration:
+        """The calibration a prediction with ``n_samples`` samples uses."""
+        return for_n_samples(self.calibrations, n_samples)
+
+    @computed_field
+    @property
+    def risk_policy(self) -> RiskPolicy:
+        """The risk policy at the default N."""
+        return self.calibration_for(self.default_n_samples).risk_policy
+
+    @computed_field
+    @property
+    def conformal_quantile(self) -> float:
+        """The conformal quantile at the default N."""
+        return self.calibration_for(self.default_n_samples).conformal_quantile
 
 
 class GeneratorCard(BaseModel):

@@ -29,8 +29,18 @@ def save_classifier(
     return _save(model, card, name, {"kind": "classifier"})
 
 
+class CardError(ValueError):
+    """A store entry whose card this code cannot serve."""
+
+
 def read_card(model_ref: bentoml.Model) -> ModelCard:
-    return ModelCard.model_validate(model_ref.info.metadata)
+    metadata = model_ref.info.metadata
+    if "calibrations" not in metadata:
+        raise CardError(
+            f"the card of {model_ref.tag} has no per-N calibration (it predates it): "
+            f"run uq-calibrate --model {model_ref.tag}"
+        )
+    return ModelCard.model_validate(metadata)
 
 
 def load_classifier(tag_or_ref: str | bentoml.Model) -> tuple[keras.Model, ModelCard, str]:

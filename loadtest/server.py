@@ -39,7 +39,9 @@ def served(model: str, log_dir: Path) -> Iterator[str]:
     log_path = log_dir / "serve.log"
     with tempfile.TemporaryDirectory(prefix="uq-serve-home-") as home, \
             open(log_path, "w") as log:
-        os.symlink(bentoml_home() / "models", Path(home) / "models")
+        store = bentoml_home() / "models"
+        store.mkdir(parents=True, exist_ok=True)  # a dangling link would fail BentoML's makedirs
+        os.symlink(store, Path(home) / "models")
         process = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPOSITORY, env={**os.environ, "UQ_MODEL": model, "BENTOML_HOME": home},

@@ -24,6 +24,10 @@ PREDICTIONS = Counter("uq_predictions", "Predictions returned, by endpoint", ["e
 FLAGGED = Counter(
     "uq_flagged_predictions", "Predictions whose risk flag was raised, by endpoint", ["endpoint"]
 )
+FLAG_REASONS = Counter(
+    "uq_flag_reasons", "Flagged predictions by endpoint and reason (error_risk, novelty)",
+    ["endpoint", "reason"],
+)
 N_SAMPLES = Histogram(
     "uq_n_samples", "MC samples per prediction",
     buckets=(1, 2, 5, 10, 20, 30, 50, 100, 200, 500, 1000),
@@ -38,16 +42,15 @@ RISK_SCORE = Histogram(
 )
 
 
-def observe_predictions(
-    endpoint: str, predictions: Sequence[Prediction], n_samples: Sequence[int], seconds: float
-) -> None:
+def observe_predictions(endpoint: str, predictions: Sequence[Prediction], seconds: float) -> None:
     """One predictor call of ``seconds``: its predictions, flags, scores and sample counts."""
     ENGINE_SECONDS.observe(seconds)
     PREDICTIONS.labels(endpoint).inc(len(predictions))
     FLAGGED.labels(endpoint).inc(sum(p.risk.flagged for p in predictions))
-    if predictions:
-        risk_scores = RISK_SCORE.labels(predictions[0].risk.metric)
-        for prediction in predictions:
-            risk_scores.observe(prediction.risk.score)
-    for count in n_samples:
-        N_SAMPLES.observe(count)
+    for reason in ("error_risk", "novelty"):
+        count = sum(reason in p.risk.reasons for p in predictions)
+        if count:
+            FLAG_REASONS.labels(endpoint, reason).inc(count)
+    for prediction in predictions:
+        RISK_SCORE.labels(prediction.risk.metric).observe(prediction.risk.score)
+        N_SAMPLES.observe(prediction.n_samples)

@@ -17,8 +17,8 @@ from artifacts.cards import ModelCard
 from artifacts.store import load_classifier
 from service.inputs import InputSpec
 from service.schemas import Prediction
+from uncertainty.calibration import decide
 from uncertainty.engine import MCEngine, configure_tensorflow_threads
-from uncertainty.risk import prediction_sets, risk_score
 from uncertainty.summary import UncertaintySummary, summarize
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Predictor:
     ) -> list[Prediction]:
         """One prediction per row of ``x`` ``[batch, *input_shape]``."""
         samples = self.engine.sample(x, n_samples, seed)  # [n_samples, batch, classes]
-        return self._predictions(summarize(samples), risk_threshold)
+        return self._predictions(summarize(samples), n_samples, risk_threshold)
 
     def predict_ragged(self, x: np.ndarray, *, n_samples: list[int]) -> list[Prediction]:
         """Row i of ``x`` with ``n_samples[i]`` samples, all in one engine pass."""
@@ -58,25 +58,25 @@ class Predictor:
         for index, count in enumerate(n_samples):
             by_count[count].append(index)
         predictions: list[Prediction | None] = [None] * len(n_samples)
-        for indices in by_count.values():  # rows with equal counts share one summary
+        for count, indices in by_count.items():  # rows with equal counts share one summary
             samples = np.stack([rows[i] for i in indices], axis=1)  # [count, rows, classes]
             for index, prediction in zip(
-                indices, self._predictions(summarize(samples), None), strict=True
+                indices, self._predictions(summarize(samples), count, None), strict=True
             ):
                 predictions[index] = prediction
         return predictions
 
     def _predictions(
-        self, summary: UncertaintySummary, risk_threshold: float | None
+        self, summary: UncertaintySummary, n_samples: int, risk_threshold: float | None
     ) -> list[Prediction]:
-        policy = self.card.risk_policy
-        threshold = policy.threshold if risk_threshold is None else risk_threshold
-        scores = risk_score(summary, policy.metric)
-        flagged = scores > threshold
-        sets = prediction_sets(summary.mean, self.card.conformal_quantile)
+        calibration = self.card.calibration_for(n_samples)
+        decision = decide(summary, calibration, risk_threshold)
+        metric, novelty_metric = calibration.risk_policy.metric, calibration.novelty_policy.metric
+        novelty_threshold = calibration.novelty_policy.threshold
         names = self.card.class_names
         return [
             Prediction.model_validate({
+                "n_samples": n_samples,
                 "label": int(label),
                 "class_name": names[label],
                 "confidence": float(summary.confidence[row]),
@@ -86,12 +86,17 @@ class Predictor:
                 "expected_entropy": float(summary.expected_entropy[row]),
                 "mutual_information": float(summary.mutual_information[row]),
                 "risk": {
-                    "flagged": bool(flagged[row]),
-                    "metric": policy.metric,
-                    "score": float(scores[row]),
-                    "threshold": float(threshold),
+                    "flagged": bool(decision.flagged[row]),
+                    "reasons": decision.reasons(row),
+                    "metric": metric,
+                    "score": float(decision.risk_scores[row]),
+                    "threshold": decision.risk_threshold,
+                    "novelty": {"metric": novelty_metric,
+                                "score": float(decision.novelty_scores[row]),
+                                "threshold": novelty_threshold},
+                    "calibrated_n_samples": calibration.n_samples,
                 },
-                "prediction_set": [names[c] for c in np.flatnonzero(sets[row])],
+                "prediction_set": [names[c] for c in np.flatnonzero(decision.prediction_sets[row])],
             })
             for row, label in enumerate(summary.label)
         ]

@@ -9,7 +9,7 @@ names what was expected; pydantic prefixes the field's location.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
@@ -75,14 +75,29 @@ class GenerateRequest(BaseModel):
     seed: Seed | None = Field(None, description="the same seed gives the same response")
 
 
-class Risk(BaseModel):
-    flagged: bool
+class Novelty(BaseModel):
+    """The epistemic score against the threshold calibrated for a stated false-alarm rate."""
+
     metric: str
     score: float
     threshold: float
 
 
+class Risk(BaseModel):
+    """``flagged`` when any reason holds: ``error_risk`` (``score`` of ``metric`` above
+    ``threshold``) or ``novelty`` (``novelty.score`` above ``novelty.threshold``)."""
+
+    flagged: bool
+    reasons: list[Literal["error_risk", "novelty"]]
+    metric: str
+    score: float
+    threshold: float
+    novelty: Novelty
+    calibrated_n_samples: int | Literal["auto"]
+
+
 class Prediction(BaseModel):
+    n_samples: int
     label: int
     class_name: str
     confidence: float

@@ -104,8 +104,7 @@ class UQService:
         predictions = self.predictor.predict(
             x, n_samples=n_samples, seed=seed, risk_threshold=risk_threshold
         )
-        metrics.observe_predictions(endpoint, predictions, [n_samples] * len(x),
-                                    time.perf_counter() - started)
+        metrics.observe_predictions(endpoint, predictions, time.perf_counter() - started)
         return predictions
 
     @bentoml.api(route="/predict")
@@ -140,7 +139,7 @@ class UQService:
             np.stack([item.instance for item in items]), n_samples=counts
         )
         metrics.BATCH_SIZE.observe(len(items))
-        metrics.observe_predictions("predict_batched", predictions, counts,
+        metrics.observe_predictions("predict_batched", predictions,
                                     time.perf_counter() - started)
         return predictions
 
@@ -195,9 +194,11 @@ class UQService:
             {"tag": self.sampler.tag, **self.sampler.card.model_dump(mode="json")}
             if self.sampler else None
         )
+        card = self.predictor.card
         return {
             "model": self.predictor.tag,
-            **self.predictor.card.model_dump(mode="json"),
+            "calibrated_n_samples": card.calibrated_n_samples,
+            **card.model_dump(mode="json"),
             "generator": generator,
             "service": settings.model_dump(),
         }
@@ -214,6 +215,21 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
+def _check_served_card() -> None:
+    """Stop start-up, in one line, when the card cannot be served as configured: a card
+    without per-N calibration, or a UQ_DEFAULT_SAMPLES it has no calibration for."""
+    from artifacts.store import read_card
+
+    card = read_card(bentoml.models.get(settings.model))
+    if settings.default_samples and settings.default_samples not in card.calibrated_n_samples:
+        raise ValueError(
+            f"UQ_DEFAULT_SAMPLES={settings.default_samples} is not a calibrated N of "
+            f"{settings.model} ({', '.join(map(str, card.calibrated_n_samples))}); pick one "
+            "of these, or recalibrate with uq-calibrate --samples"
+        )
+
+
+_check_served_card()
 adapter.declare_json_outputs(UQService)
 UQService.add_asgi_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
 adapter.quiet_client_error_tracebacks()

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from artifacts.store import DEFAULT_CLASSIFIER_NAME
+from uncertainty.calibration import DEFAULT_GRID, DEFAULT_NOVELTY_FALSE_ALARM_RATE, calibration_grid
 
 ARCHITECTURES = ("mlp", "cnn")
 ACTIVATIONS = ("elu", "selu", "relu")
@@ -66,8 +67,10 @@ class TrainConfig:
     validation_fraction: float = 0.1
     seed: int = 0
     n_samples: int = 30
+    calibration_samples: tuple[int, ...] = DEFAULT_GRID
     risk_target_error: float = 0.02
     conformal_alpha: float = 0.1
+    novelty_false_alarm_rate: float = DEFAULT_NOVELTY_FALSE_ALARM_RATE
     output_dir: Path = Path("reports/train")
     model: ModelConfig = ModelConfig()
 
@@ -82,6 +85,10 @@ class TrainConfig:
             (0 < self.validation_fraction < 1,
              f"validation_fraction must lie in (0, 1), got {self.validation_fraction}"),
             (self.n_samples >= 1, f"n_samples must be >= 1, got {self.n_samples}"),
+            (min(self.calibration_samples) >= 1,
+             f"calibration_samples must be >= 1, got {self.calibration_samples}"),
+            (0 < self.novelty_false_alarm_rate < 1,
+             f"novelty_false_alarm_rate must lie in (0, 1), got {self.novelty_false_alarm_rate}"),
             (0 < self.risk_target_error < 1,
              f"risk_target_error must lie in (0, 1), got {self.risk_target_error}"),
             (0 < self.conformal_alpha < 1,
@@ -95,6 +102,11 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
         check_model_name(self.model_name)
+
+    @property
+    def calibration_grid(self) -> tuple[int, ...]:
+        """The calibrated N: ``calibration_samples`` and the default N."""
+        return calibration_grid(self.calibration_samples, self.n_samples)
 
 
 def check_model_name(name: str) -> None:

@@ -84,7 +84,7 @@ def evaluate(model, card, dataset, samples, reference_samples, reference_rows, s
         row = {
             "n_samples": n_samples,
             **classification_metrics(summary.mean, y_test),
-            **selective_metrics(summary, y_test, card.risk_policy, card.conformal_quantile),
+            **selective_metrics(summary, y_test, card.calibration_for(n_samples)),
             "estimator_error": float(
                 total_variation(summary.mean[:reference_rows], reference).mean()
             ),
@@ -125,18 +125,19 @@ def generated_report(engine, card, generator, generator_card, generator_tag: str
     fraction, mean uncertainty scores and the AUROC of telling them apart."""
     from artifacts.generation import generated_images
     from uncertainty import metrics
+    from uncertainty.calibration import decide
     from uncertainty.risk import risk_scores
 
     images = generated_images(generator, generator_card, count, seed)  # [count, *input_shape]
     generated = mc_summary(engine, images, card.default_n_samples, seed)
     real_scores, fake_scores = risk_scores(test_summary), risk_scores(generated)
-    policy = card.risk_policy
+    calibration = card.calibration_for(card.default_n_samples)
     return {
         "generator": generator_tag,
         "images": count,
         "flagged_fraction": {
-            "generated": float(policy.flagged(fake_scores[policy.metric]).mean()),
-            "test": float(policy.flagged(real_scores[policy.metric]).mean()),
+            "generated": float(decide(generated, calibration).flagged.mean()),
+            "test": float(decide(test_summary, calibration).flagged.mean()),
         },
         "mean_scores": {name: {"generated": float(fake_scores[name].mean()),
                                "test": float(real_scores[name].mean())}

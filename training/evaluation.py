@@ -8,19 +8,14 @@ report can use the rule without it."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from uncertainty import metrics
-from uncertainty.risk import (
-    RiskPolicy,
-    calibrate_risk_policy,
-    conformal_quantile,
-    prediction_sets,
-    risk_score,
-    risk_scores,
-)
+from uncertainty.calibration import Calibration, calibrate, decide, for_n_samples
+from uncertainty.risk import RISK_DELTA, error_upper_bound, risk_scores
 from uncertainty.summary import UncertaintySummary, summarize
 
 if TYPE_CHECKING:
@@ -35,13 +30,40 @@ ACCURACY_TOLERANCE = 0.001
 NLL_TOLERANCE = 0.005
 
 
-def mc_summary(engine: MCEngine, x: np.ndarray, n_samples: int, seed: int) -> UncertaintySummary:
-    """Summary of ``n_samples`` MC samples for every row of ``x`` (a whole split)."""
+def mc_samples(engine: MCEngine, x: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
+    """``n_samples`` MC samples ``[n_samples, rows, classes]`` of a whole split ``x``."""
     parts = [
         engine.sample(x[start : start + ROWS_PER_SAMPLING_BATCH], n_samples, seed=seed + index)
         for index, start in enumerate(range(0, len(x), ROWS_PER_SAMPLING_BATCH))
     ]
-    return summarize(np.concatenate(parts, axis=1))
+    return np.concatenate(parts, axis=1)
+
+
+def mc_summary(engine: MCEngine, x: np.ndarray, n_samples: int, seed: int) -> UncertaintySummary:
+    """Summary of ``n_samples`` MC samples for every row of ``x`` (a whole split)."""
+    return summarize(mc_samples(engine, x, n_samples, seed))
+
+
+def nested_summaries(samples: np.ndarray, counts: Sequence[int]) -> dict[int, UncertaintySummary]:
+    """Common random numbers: for each N in ``counts``, the summary of the first N of
+    the same draws ``samples`` ``[max(counts), rows, classes]``, so that differences
+    between N are not masked by fresh Monte Carlo noise at each N."""
+    return {n: summarize(samples[:n]) for n in counts}
+
+
+def calibrate_grid(
+    engine: MCEngine, x: np.ndarray, y: np.ndarray, grid: Sequence[int], *,
+    target_error: float, conformal_alpha: float, novelty_false_alarm_rate: float, seed: int,
+) -> list[Calibration]:
+    """One calibration per N of ``grid`` on the rows ``x`` ``[rows, *input_shape]``,
+    from nested draws (the first N of max(grid) samples per row)."""
+    summaries = nested_summaries(mc_samples(engine, x, max(grid), seed), grid)
+    return [
+        calibrate(summaries[n], y, n, target_error=target_error,
+                  conformal_alpha=conformal_alpha,
+                  novelty_false_alarm_rate=novelty_false_alarm_rate)
+        for n in grid
+    ]
 
 
 def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -70,18 +92,24 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dic
 
 
 def selective_metrics(
-    summary: UncertaintySummary, labels: np.ndarray, policy: RiskPolicy, quantile: float
+    summary: UncertaintySummary, labels: np.ndarray, calibration: Calibration
 ) -> dict[str, float]:
-    """Risk-flag and prediction-set quality of ``summary`` against ``labels``."""
+    """What one calibration's decisions are worth on ``summary`` against ``labels``:
+    the error among predictions not flagged for error risk (with its upper bound at
+    the policy's confidence), how often each reason flags, conformal coverage."""
+    decision = decide(summary, calibration)
     errors = summary.label != labels
-    scores = risk_score(summary, policy.metric)
-    selective = metrics.selective_error(scores, errors, policy.threshold)
-    sets = prediction_sets(summary.mean, quantile)
+    accepted = ~decision.error_risk
+    accepted_count, wrong = int(accepted.sum()), int(errors[accepted].sum())
+    sets = decision.prediction_sets
     return {
-        "aurc": metrics.aurc(scores, errors),
-        "selective_error": selective.error,
-        "coverage": selective.coverage,
-        "flagged_fraction": 1.0 - selective.coverage,
+        "aurc": metrics.aurc(decision.risk_scores, errors),
+        "selective_error": wrong / accepted_count if accepted_count else 0.0,
+        "selective_error_upper_bound": error_upper_bound(wrong, accepted_count, 1 - RISK_DELTA),
+        "coverage": accepted_count / len(labels),
+        "error_risk_fraction": float(decision.error_risk.mean()),
+        "novelty_fraction": float(decision.novel.mean()),
+        "flagged_fraction": float(decision.flagged.mean()),
         "conformal_coverage": float(np.mean(sets[np.arange(len(labels)), labels])),
         "conformal_mean_set_size": float(sets.sum(axis=1).mean()),
     }
@@ -89,11 +117,10 @@ def selective_metrics(
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-    policy: RiskPolicy
-    conformal_quantile: float
-    test_metrics: dict[str, dict[str, float]]  # "deterministic", "mc"
+    calibrations: list[Calibration]  # ascending N
+    test_metrics: dict[str, dict[str, float]]  # "deterministic", "mc" (at the default N)
     deterministic_probabilities: np.ndarray  # [n_test, classes]
-    test_summary: UncertaintySummary
+    test_summary: UncertaintySummary  # at the default N
     test_labels: np.ndarray  # [n_test]
 
 
@@ -103,30 +130,35 @@ def evaluate_and_calibrate(
     y_val: np.ndarray,
     x_test: np.ndarray,
     y_test: np.ndarray,
+    *,
     n_samples: int,
+    calibration_grid: Sequence[int],
     risk_target_error: float,
     conformal_alpha: float,
+    novelty_false_alarm_rate: float,
     seed: int,
 ) -> Evaluation:
-    """Calibrate on the validation split, then measure on the test split."""
+    """Calibrate at every N of the grid on the validation split, then measure the
+    default N (``n_samples``, in the grid) on the test split."""
     from uncertainty.engine import MCEngine
 
     engine = MCEngine(model)
-    validation = mc_summary(engine, x_val, n_samples, seed)
-    policy = calibrate_risk_policy(validation, y_val, risk_target_error)
-    quantile = conformal_quantile(validation.mean, y_val, conformal_alpha)
+    calibrations = calibrate_grid(
+        engine, x_val, y_val, calibration_grid, target_error=risk_target_error,
+        conformal_alpha=conformal_alpha, novelty_false_alarm_rate=novelty_false_alarm_rate,
+        seed=seed,
+    )
     test = mc_summary(engine, x_test, n_samples, seed + 10**6)
     deterministic = model.predict(x_test, batch_size=1024, verbose=0)
     deterministic_aurc = metrics.aurc(1.0 - deterministic.max(axis=1),
                                       deterministic.argmax(axis=1) != y_test)
     return Evaluation(
-        policy=policy,
-        conformal_quantile=quantile,
+        calibrations=calibrations,
         test_metrics={
             "deterministic": {**classification_metrics(deterministic, y_test),
                               "aurc": deterministic_aurc},
             "mc": {**classification_metrics(test.mean, y_test),
-                   **selective_metrics(test, y_test, policy, quantile)},
+                   **selective_metrics(test, y_test, for_n_samples(calibrations, n_samples))},
         },
         deterministic_probabilities=deterministic,
         test_summary=test,

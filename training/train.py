@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from artifacts.cards import ModelCard, training_record
-from training.cli import OneLineErrorParser, fail, integers
+from training.cli import OneLineErrorParser, fail, integers, sample_counts
 from training.config import (
     ACTIVATIONS,
     ARCHITECTURES,
@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--n-samples", type=int, default=defaults.n_samples,
         help="MC samples for evaluation, calibration and the served default "
         "(default: %(default)s)")
+    add("--calibration-samples", type=sample_counts, default=defaults.calibration_samples,
+        help="the N to calibrate the risk flag, conformal sets and novelty at, besides "
+        "--n-samples (default: 1,5,10,20,30,50,100)")
+    add("--novelty-false-alarm-rate", type=float, default=defaults.novelty_false_alarm_rate,
+        help="share of in-distribution inputs flagged as novel (default: %(default)s)")
     add("--risk-target-error", type=float, default=defaults.risk_target_error,
         help="error allowed among unflagged predictions (default: %(default)s)")
     add("--conformal-alpha", type=float, default=defaults.conformal_alpha,
@@ -129,8 +134,10 @@ def parse_config(argv: list[str] | None) -> TrainConfig:
         learning_rate=args.learning_rate, schedule=args.schedule,
         label_smoothing=args.label_smoothing, patience=args.patience,
         validation_fraction=args.validation_fraction, seed=args.seed,
-        n_samples=args.n_samples, risk_target_error=args.risk_target_error,
-        conformal_alpha=args.conformal_alpha, output_dir=args.output_dir, model=model,
+        n_samples=args.n_samples, calibration_samples=args.calibration_samples,
+        risk_target_error=args.risk_target_error, conformal_alpha=args.conformal_alpha,
+        novelty_false_alarm_rate=args.novelty_false_alarm_rate, output_dir=args.output_dir,
+        model=model,
     )
 
 
@@ -145,7 +152,8 @@ def _read_toml(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
         dest = key.replace("-", "_")
         if dest not in known or dest == "config":
             raise ValueError(f"config {path}: unknown option {key!r}")
-        if dest in ("hidden_units", "conv_filters") and isinstance(value, list):
+        if (dest in ("hidden_units", "conv_filters", "calibration_samples")
+                and isinstance(value, list)):
             value = tuple(value)
         elif dest == "output_dir":
             value = Path(value)
@@ -195,8 +203,9 @@ def train(config: TrainConfig, dataset: Dataset, callbacks: tuple = ()) -> Train
     served = _without_optimizer(model)
     evaluation = evaluate_and_calibrate(
         served, dataset.x_val, dataset.y_val, dataset.x_test, dataset.y_test,
-        n_samples=config.n_samples, risk_target_error=config.risk_target_error,
-        conformal_alpha=config.conformal_alpha, seed=config.seed,
+        n_samples=config.n_samples, calibration_grid=config.calibration_grid,
+        risk_target_error=config.risk_target_error, conformal_alpha=config.conformal_alpha,
+        novelty_false_alarm_rate=config.novelty_false_alarm_rate, seed=config.seed,
     )
     card = ModelCard(
         dataset=dataset.name,
@@ -212,9 +221,8 @@ def train(config: TrainConfig, dataset: Dataset, callbacks: tuple = ()) -> Train
         },
         default_n_samples=config.n_samples,
         test_metrics=evaluation.test_metrics,
-        risk_policy=evaluation.policy,
         conformal_alpha=config.conformal_alpha,
-        conformal_quantile=evaluation.conformal_quantile,
+        calibrations=evaluation.calibrations,
         training={**training_record(config), "fit_seconds": round(fit_seconds, 1)},
     )
     tag = save_classifier(served, card, config.model_name)
@@ -269,13 +277,16 @@ def summary_table(tag: str, card: ModelCard) -> str:
         f"{'test split':<22}{'deterministic':>14}{f'MC (N={card.default_n_samples})':>14}",
         *(f"{name:<22}{deterministic[name]:>14.4f}{mc[name]:>14.4f}"
           for name in ("accuracy", "nll", "brier", "ece", "aurc")),
-        f"risk flag: {policy.metric} > {policy.threshold:.4g} flags "
-        f"{mc['flagged_fraction']:.1%} of test; error among the rest "
+        f"error risk: {policy.metric} > {policy.threshold:.4g} flags "
+        f"{mc['error_risk_fraction']:.1%} of test; error among the rest "
         f"{mc['selective_error']:.4f} (target {policy.target_error})"
         + ("" if policy.calibration_coverage > 0 else
            " - no threshold met the target on validation, so every prediction is flagged"),
+        f"novelty: {mc['novelty_fraction']:.1%} of test flagged as novel; flagged for any "
+        f"reason {mc['flagged_fraction']:.1%}",
         f"prediction sets (alpha={card.conformal_alpha}): coverage "
         f"{mc['conformal_coverage']:.3f}, mean size {mc['conformal_mean_set_size']:.2f}",
+        f"calibrated at N = {', '.join(map(str, card.calibrated_n_samples))}",
         f"saved {tag}",
     ]
     return "\n".join(lines)

@@ -34,7 +34,11 @@ def test_a_valid_request_answers_the_contract(client):
         "label", "class_name", "confidence", "probabilities", "std", "predictive_entropy",
         "mutual_information", "risk", "prediction_set",
     }
-    assert set(prediction["risk"]) == {"flagged", "metric", "score", "threshold"}
+    risk = prediction["risk"]
+    assert set(risk) == {"flagged", "reasons", "metric", "score", "threshold", "novelty",
+                         "calibrated_n_samples"}
+    assert prediction["n_samples"] == 5 and risk["calibrated_n_samples"] == 5
+    assert risk["flagged"] == bool(risk["reasons"])
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loadtest.server import ServerError, served
 from tests.conftest import DEFAULT_SAMPLES
 from training.data import load_dataset
 
@@ -49,8 +50,13 @@ def test_predictions_are_consistent(http, digits):
         assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
         assert prediction["confidence"] == pytest.approx(probabilities.max())
         assert prediction["class_name"] in prediction["prediction_set"]
-        risk = prediction["risk"]
-        assert risk["flagged"] == (risk["score"] > risk["threshold"])
+        risk, novelty = prediction["risk"], prediction["risk"]["novelty"]
+        assert risk["reasons"] == [reason for reason, holds in (
+            ("error_risk", risk["score"] > risk["threshold"]),
+            ("novelty", novelty["score"] > novelty["threshold"])) if holds]
+        assert risk["flagged"] == bool(risk["reasons"])
+        assert novelty["score"] == prediction["mutual_information"]
+        assert prediction["n_samples"] == risk["calibrated_n_samples"] == DEFAULT_SAMPLES
         assert prediction["mutual_information"] <= prediction["predictive_entropy"] + 1e-9
 
 
@@ -69,8 +75,35 @@ def test_one_sample_has_zero_spread(http, digits):
 
 def test_risk_threshold_override(http, digits):
     body = predict(http, digits, risk_threshold=1e9)
-    assert not any(p["risk"]["flagged"] for p in body["predictions"])
+    assert not any("error_risk" in p["risk"]["reasons"] for p in body["predictions"])
     assert {p["risk"]["threshold"] for p in body["predictions"]} == {1e9}
+
+
+@pytest.mark.parametrize(("n_samples", "calibrated"),
+                         [(1, 1), (3, 1), (5, 5), (9, 8), (30, 30), (150, 100)])
+def test_each_n_uses_the_calibration_of_the_largest_calibrated_n_at_or_below_it(
+        http, digits, n_samples, calibrated):
+    card = http.post("/metadata", json={}).json()
+    assert card["calibrated_n_samples"] == [1, 5, 8, 10, 20, 30, 50, 100]
+    expected = next(c for c in card["calibrations"] if c["n_samples"] == calibrated)
+    [prediction] = predict(http, digits[:1], n_samples=n_samples)["predictions"]
+    risk = prediction["risk"]
+    assert prediction["n_samples"] == n_samples and risk["calibrated_n_samples"] == calibrated
+    assert risk["metric"] == expected["risk_policy"]["metric"]
+    assert risk["threshold"] == expected["risk_policy"]["threshold"]
+    assert risk["novelty"]["threshold"] == expected["novelty_policy"]["threshold"]
+    [batched] = http.post("/predict_batched", json={"items": [
+        {"instance": digits[0].tolist(), "n_samples": n_samples}]}).json()
+    assert batched["risk"]["calibrated_n_samples"] == calibrated
+
+
+def test_an_uncalibrated_default_n_stops_start_up_in_one_line(classifier_tag, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setenv("UQ_DEFAULT_SAMPLES", "7")
+    with pytest.raises(ServerError, match=r"UQ_DEFAULT_SAMPLES=7 is not a calibrated N .*"
+                       r"\(1, 5, 8, 10, 20, 30, 50, 100\)"):
+        with served(classifier_tag, tmp_path):
+            pass
 
 
 def test_batched_path_merges_concurrent_requests_with_mixed_n_samples(http, digits):
@@ -120,7 +153,8 @@ def test_metrics_count_requests_outcomes_and_flags(http, digits):
     metrics = http.get("/metrics").text
     assert 'uq_requests_total{endpoint="predict",outcome="ok"}' in metrics
     assert 'uq_requests_total{endpoint="predict",outcome="client_error"}' in metrics
-    for name in ("uq_flagged_predictions_total", "uq_n_samples_bucket", "uq_batch_size_bucket",
+    for name in ("uq_flagged_predictions_total", "uq_flag_reasons_total", "uq_n_samples_bucket",
+                 "uq_batch_size_bucket",
                  "bentoml_service_request_duration_seconds", "uq_engine_seconds_bucket",
                  "uq_risk_score_bucket"):
         assert name in metrics
@@ -145,7 +179,7 @@ def test_generate_is_seeded_and_shaped_like_the_classifier_input(http, generator
         assert image.shape == (8, 8) and 0 <= image.min() and image.max() <= 16
         prediction = sample["prediction"]
         assert prediction["label"] == int(np.argmax(prediction["probabilities"]))
-        assert {"flagged", "metric", "score", "threshold"} == prediction["risk"].keys()
+        assert prediction["risk"]["calibrated_n_samples"] == 5
     assert http.post("/generate", json=request).json() == body
     assert http.post("/generate", json={**request, "seed": 5}).json() != body
     assert http.post("/metadata", json={}).json()["generator"]["tag"] == generator_tag

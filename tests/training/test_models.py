@@ -8,8 +8,9 @@ from artifacts.store import load_classifier, save_classifier
 from training.config import ModelConfig
 from training.data import load_dataset
 from training.models import build_model
+from uncertainty.calibration import Calibration
 from uncertainty.engine import MCEngine
-from uncertainty.risk import RiskPolicy
+from uncertainty.risk import NoveltyPolicy, RiskPolicy
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,13 @@ def test_store_round_trip_keeps_predictions(digits):
         value_range=digits.value_range, architecture="mlp", max_norm_value=3.0,
         dropout_rates={"input_dropout": 0.2}, default_n_samples=30,
         test_metrics={"mc": {"accuracy": 0.5}},
-        risk_policy=RiskPolicy("mutual_information", 0.1, 0.02, 0.8, 0.01, {}),
-        conformal_alpha=0.1, conformal_quantile=0.5, training={"epochs": 2},
+        conformal_alpha=0.1, training={"epochs": 2},
+        calibrations=[Calibration(
+            n_samples=30,
+            risk_policy=RiskPolicy("mutual_information", 0.1, 0.02, 0.8, 0.01, {}),
+            conformal_quantile=0.5,
+            novelty_policy=NoveltyPolicy("mutual_information", 0.2, 0.02, 0.019),
+        )],
     )
     tag = save_classifier(model, card, "uq-round-trip")
     loaded, loaded_card, loaded_tag = load_classifier("uq-round-trip:latest")

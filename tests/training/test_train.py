@@ -33,6 +33,13 @@ def test_uq_train_end_to_end_on_digits(tmp_path, capsys):
     assert set(card["dropout_rates"].values()) == {0.1, 0.4}
     assert card["risk_policy"]["metric"] in card["risk_policy"]["aurc_by_metric"]
     assert 0 < card["conformal_quantile"] <= 1
+    # calibrated at the default grid and the default N, each with its own thresholds
+    assert [c["n_samples"] for c in card["calibrations"]] == [1, 5, 8, 10, 20, 30, 50, 100]
+    at_default = card["calibrations"][2]
+    assert at_default["risk_policy"] == card["risk_policy"]
+    assert at_default["novelty_policy"]["metric"] == "mutual_information"
+    assert at_default["novelty_policy"]["false_alarm_rate"] == 0.02
+    assert card["calibrations"][0]["novelty_policy"]["threshold"] == 0.0  # MI is 0 at N=1
     mc = card["test_metrics"]["mc"]
     assert mc["accuracy"] > 0.85  # 4 epochs on digits
     assert mc["selective_error"] <= mc["accuracy"] and 0 <= mc["flagged_fraction"] <= 1

@@ -1,0 +1,120 @@
+"""Calibration per sample count, and the risk decision it makes.
+
+Uncertainty scores move with N (the flagged fraction of Fashion-MNIST's test
+split at one threshold is 0.19 at N=1 and 0.25 at N=30), so a threshold fitted
+at one N promises nothing at another. A :class:`Calibration` holds, for one N,
+the risk policy, the conformal quantile and the novelty policy fitted on
+calibration rows sampled at that N. A request's N uses the calibration of the
+largest calibrated N at or below it (:func:`for_n_samples`), or the smallest
+calibrated N below that: ``uq-evaluate`` measures the guarantees at N off the
+grid with this rule.
+
+Shapes: a summary has ``batch`` rows; a decision's arrays are ``[batch]``, its
+prediction sets ``[batch, classes]``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from uncertainty.risk import (
+    NoveltyPolicy,
+    RiskPolicy,
+    calibrate_novelty_policy,
+    calibrate_risk_policy,
+    conformal_quantile,
+    prediction_sets,
+    risk_score,
+)
+from uncertainty.summary import UncertaintySummary
+
+DEFAULT_GRID = (1, 5, 10, 20, 30, 50, 100)
+DEFAULT_NOVELTY_FALSE_ALARM_RATE = 0.02
+REASONS = ("error_risk", "novelty")
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    n_samples: int
+    risk_policy: RiskPolicy
+    conformal_quantile: float
+    novelty_policy: NoveltyPolicy
+
+
+def calibration_grid(requested: Iterable[int], default_n_samples: int) -> tuple[int, ...]:
+    """The N to calibrate: ``requested`` and the default N, ascending."""
+    grid = tuple(sorted({*requested, default_n_samples}))
+    if grid[0] < 1:
+        raise ValueError(f"calibrated sample counts must be >= 1, got {grid[0]}")
+    return grid
+
+
+def calibrate(
+    summary: UncertaintySummary,
+    labels: np.ndarray,
+    n_samples: int,
+    *,
+    target_error: float,
+    conformal_alpha: float,
+    novelty_false_alarm_rate: float,
+) -> Calibration:
+    """Fit every policy of one N on calibration rows summarised at that N."""
+    return Calibration(
+        n_samples=n_samples,
+        risk_policy=calibrate_risk_policy(summary, labels, target_error),
+        conformal_quantile=conformal_quantile(summary.mean, labels, conformal_alpha),
+        novelty_policy=calibrate_novelty_policy(summary, novelty_false_alarm_rate),
+    )
+
+
+def for_n_samples(calibrations: Sequence[Calibration], n_samples: int) -> Calibration:
+    """The calibration a request for ``n_samples`` uses: the largest calibrated N at or
+    below it; below the whole grid, the smallest. ``calibrations`` ascend in N."""
+    counts = [calibration.n_samples for calibration in calibrations]
+    index = bisect.bisect_right(counts, n_samples) - 1
+    return calibrations[max(index, 0)]
+
+
+@dataclasses.dataclass(frozen=True)
+class RiskDecision:
+    """Per row: the error-risk and novelty scores, which thresholds they pass, and
+    the conformal prediction set."""
+
+    risk_scores: np.ndarray  # [batch]
+    risk_threshold: float
+    error_risk: np.ndarray  # [batch] bool: risk score above risk_threshold
+    novelty_scores: np.ndarray  # [batch]
+    novel: np.ndarray  # [batch] bool
+    prediction_sets: np.ndarray  # [batch, classes] bool
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """[batch] bool: any reason holds."""
+        return self.error_risk | self.novel
+
+    def reasons(self, row: int) -> list[str]:
+        return [reason for reason, holds in zip(
+            REASONS, (self.error_risk[row], self.novel[row]), strict=True) if holds]
+
+
+def decide(
+    summary: UncertaintySummary, calibration: Calibration, risk_threshold: float | None = None
+) -> RiskDecision:
+    """Apply one calibration to a summary; ``risk_threshold`` overrides the error-risk
+    threshold (the novelty threshold stays the calibrated one)."""
+    policy, novelty = calibration.risk_policy, calibration.novelty_policy
+    threshold = policy.threshold if risk_threshold is None else risk_threshold
+    scores = risk_score(summary, policy.metric)
+    novelty_scores = risk_score(summary, novelty.metric)
+    return RiskDecision(
+        risk_scores=scores,
+        risk_threshold=float(threshold),
+        error_risk=scores > threshold,
+        novelty_scores=novelty_scores,
+        novel=novelty.novel(novelty_scores),
+        prediction_sets=prediction_sets(summary.mean, calibration.conformal_quantile),
+    )
