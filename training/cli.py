@@ -37,3 +37,25 @@ def sample_counts(text: str) -> tuple[int, ...]:
     if counts[0] < 1:
         raise argparse.ArgumentTypeError(f"sample counts must be >= 1, got {text!r}")
     return counts
+
+
+def positive_integer(text: str) -> int:
+    """An option value that must be an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """An option value that must lie strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {value}")
+    return value
