@@ -7,6 +7,7 @@ benchmark. Problems come as ``ServerError``, one line each.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -94,3 +96,17 @@ def _stop(process: subprocess.Popen) -> None:
         pass
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def check_loopback(url: str) -> None:
+    """Raises ServerError unless ``url`` is an http URL on loopback: load goes nowhere else."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ServerError(f"--host must be an http URL, got {url!r}")
+    host = parsed.hostname
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ServerError(f"--host must be on loopback (127.0.0.1, ::1, localhost), got {host}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ipaddress
 import json
 import logging
 import os
@@ -27,11 +26,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
-from loadtest.server import ServerError, served
+from loadtest.server import ServerError, check_loopback, served
 from training.cli import OneLineErrorParser, fail, sample_counts
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -89,19 +87,6 @@ def check_arguments(args: argparse.Namespace) -> tuple[str, ...]:
     if args.evaluation is not None and not args.evaluation.is_file():
         raise LoadTestError(f"--evaluation {args.evaluation} is not a file")
     return paths
-
-
-def check_loopback(url: str) -> None:
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise LoadTestError(f"--host must be an http URL, got {url!r}")
-    host = parsed.hostname
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise LoadTestError(f"--host must be on loopback (127.0.0.1, ::1, localhost), got {host}")
 
 
 def fetch_card(host: str) -> dict[str, Any]:
