@@ -2,7 +2,8 @@
 
 A real ``bentoml serve`` on loopback; then, in each of R rounds:
 1. in-process: ``MCEngine.sample`` for one image at N (the floor for /predict);
-2. sequential /predict, one image at N: latency percentiles;
+2. sequential /predict, one image at N: latency percentiles; then the same for the
+   Open Inference Protocol's ``POST /v2/models/{name}/infer`` (JSON, every output);
 3. C concurrent clients for D seconds on /predict, then on /predict_batched
    (one image per request, N samples): throughput and latency percentiles.
 The targets are judged on the medians over the rounds (the speedup: the median
@@ -94,6 +95,15 @@ async def _client(port: int, requests: list[bytes], first: int, step: int, stop:
     writer.close()
 
 
+def v2_request_bodies(images: np.ndarray, n_samples: int) -> list[bytes]:
+    """One V2 inference request per image (flat FP32 data, every output as JSON)."""
+    return [json.dumps({
+        "inputs": [{"name": "input", "shape": [1, *image.shape], "datatype": "FP32",
+                    "data": image.ravel().tolist()}],
+        "parameters": {"n_samples": n_samples},
+    }).encode() for image in images]
+
+
 def sequential(port: int, path: str, bodies: list[bytes], requests: int) -> dict:
     payloads = [_request_bytes(path, body) for body in bodies]
     latencies: list[float] = []
@@ -165,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     images = load_dataset(card.dataset).x_test[:200]
     engine = InProcessEngine(args.model)
     predict_bodies = request_bodies(images, "/predict", args.n_samples)
+    v2_path = f"/v2/models/{args.model.split(':')[0]}/infer"
+    v2_bodies = v2_request_bodies(images, args.n_samples)
     paths = (("/predict", predict_bodies),
              ("/predict_batched", request_bodies(images, "/predict_batched", args.n_samples)))
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -178,24 +190,30 @@ def main(argv: list[str] | None = None) -> int:
             # during the run reaches the baselines and the paths alike
             engine_ms = engine.milliseconds(images[0], args.n_samples)
             single = sequential(port, "/predict", predict_bodies, requests=500)
+            single_v2 = sequential(port, v2_path, v2_bodies, requests=500)
             loads = [concurrent(port, path, bodies, args.concurrency, args.duration)
                      for path, bodies in paths]
-            rounds.append({"engine_ms": engine_ms, "sequential": single, "concurrent": loads,
+            rounds.append({"engine_ms": engine_ms, "sequential": single,
+                           "sequential_v2": single_v2, "concurrent": loads,
                            "speedup": loads[1]["rps"] / loads[0]["rps"]})
             print(f"round {number}: engine {engine_ms:.2f} ms, /predict p50 "
-                  f"{single['p50_ms']:.2f} ms; {args.concurrency} clients: /predict "
+                  f"{single['p50_ms']:.2f} ms, V2 infer p50 {single_v2['p50_ms']:.2f} ms; "
+                  f"{args.concurrency} clients: /predict "
                   f"{loads[0]['rps']:.0f} req/s, /predict_batched {loads[1]['rps']:.0f} req/s "
                   f"(p99 {loads[1]['p99_ms']:.1f} ms, {rounds[-1]['speedup']:.2f}x), failures "
                   f"{sum(load['failures'] for load in loads)}", flush=True)
 
     engine_ms = statistics.median(r["engine_ms"] for r in rounds)
     single = _median_row([r["sequential"] for r in rounds])
+    single_v2 = _median_row([r["sequential_v2"] for r in rounds])
     loads = [_median_row([r["concurrent"][i] for r in rounds]) for i in range(len(paths))]
     speedup = statistics.median(r["speedup"] for r in rounds)
     batched_load = loads[1]
     targets = [
         (f"/predict p50 {single['p50_ms']:.2f} ms <= engine {engine_ms:.2f} ms + 3 ms",
          single["p50_ms"] <= engine_ms + 3),
+        (f"V2 infer p50 {single_v2['p50_ms']:.2f} ms <= /predict p50 "
+         f"{single['p50_ms']:.2f} ms + 1 ms", single_v2["p50_ms"] <= single["p50_ms"] + 1),
         (f"/predict_batched throughput {speedup:.2f}x /predict (>= 3x)", speedup >= 3),
         (f"/predict_batched p99 {batched_load['p99_ms']:.1f} ms <= 150 ms",
          batched_load["p99_ms"] <= 150),
@@ -203,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmedians over {args.rounds} rounds; engine in-process {engine_ms:.2f} ms")
     print("\n| path | clients | req/s | p50 ms | p95 ms | p99 ms | failures |")
     print("|---|---|---|---|---|---|---|")
-    for row in (single, *loads):
+    for row in (single, single_v2, *loads):
         print(f"| {row['path']} | {row['clients']} | {row.get('rps', float('nan')):.0f} "
               f"| {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | {row['p99_ms']:.2f} "
               f"| {row.get('failures', 0)} |")
@@ -212,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'PASS' if met else 'FAIL'}  {name}")
     args.output.write_text(json.dumps({
         "model": args.model, "n_samples": args.n_samples, "rounds": rounds,
-        "median": {"engine_ms": engine_ms, "sequential": single, "concurrent": loads,
-                   "speedup": speedup},
+        "median": {"engine_ms": engine_ms, "sequential": single,
+                   "sequential_v2": single_v2, "concurrent": loads, "speedup": speedup},
         "targets": [{"target": name, "met": met} for name, met in targets],
     }, indent=2))
     print(f"\nwrote {args.output}")

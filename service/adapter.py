@@ -19,7 +19,10 @@ A BentoML upgrade that changes one of these breaks this module alone, and
 - a multipart value field that holds a file is taken as a value (its bytes
   parsed as the field's type): :func:`form_problem` refuses it first;
 - BentoML logs a traceback for every rejected request on the logger
-  ``bentoml._internal.server.http_app`` (:func:`quiet_client_error_tracebacks`).
+  ``bentoml._internal.server.http_app`` (:func:`quiet_client_error_tracebacks`);
+- a Starlette app mounted at ``/`` comes after BentoML's own routes and answers
+  only the paths its routes match: other paths get BentoML's 404 as before
+  (:func:`mount_at_root`).
 """
 
 from __future__ import annotations
@@ -141,3 +144,10 @@ class _DropClientErrorTracebacks(logging.Filter):
 
 def quiet_client_error_tracebacks() -> None:
     logging.getLogger(HTTP_APP_LOGGER).addFilter(_DropClientErrorTracebacks())
+
+
+def mount_at_root(service_class: Any, app: Any) -> None:
+    """Mount a Starlette ``app`` whose routes carry their full paths (``/v2``, and
+    ``/v2/...`` below it: a mount at ``/v2`` would redirect ``GET /v2`` to ``/v2/``)
+    beside the service's own routes, which keep precedence."""
+    service_class.mount_asgi_app(app, path="/")

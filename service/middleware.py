@@ -27,6 +27,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 JSON_ROUTES = ("/predict", "/predict_batched", "/metadata", "/generate")
 PROBE_ROUTES = ("/livez", "/readyz", "/healthz", "/metrics")
+#: The Open Inference Protocol app (service/oip.py) checks and shapes its own requests.
+OWN_CHECKS_PREFIX = "/v2"
 MULTIPART_ROUTES = ("/predict_image",)
 IMAGE_FORM_FILE, IMAGE_FORM_VALUES = "image", ("n_samples", "seed")
 
@@ -38,7 +40,7 @@ class ServiceMiddleware:
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         path = scope.get("path")
-        if scope["type"] != "http" or path in PROBE_ROUTES:
+        if scope["type"] != "http" or path in PROBE_ROUTES or path.startswith(OWN_CHECKS_PREFIX):
             await self.app(scope, receive, send)
             return
         responder = _Responder(send)

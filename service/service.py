@@ -27,6 +27,7 @@ from pydantic import Field
 
 from service import adapter, metrics
 from service.middleware import ServiceMiddleware
+from service.oip import create_app as create_oip_app
 from service.schemas import (
     BatchItem,
     GenerateRequest,
@@ -62,7 +63,7 @@ API_ROUTES = ("predict", "predict_batched", "predict_image", "metadata", "genera
     logging={"access": {"enabled": settings.access_log}},
     # BentoML wraps every request in OpenTelemetry spans that nothing exports unless
     # tracing is configured: 20% of a /predict_batched request's CPU here.
-    tracing={"excluded_urls": [] if settings.tracing else list(API_ROUTES)},
+    tracing={"excluded_urls": [] if settings.tracing else [*API_ROUTES, "v2/"]},
 )
 class UQService:
     model_ref = bentoml.models.BentoModel(settings.model)
@@ -233,3 +234,6 @@ _check_served_card()
 adapter.declare_json_outputs(UQService)
 UQService.add_asgi_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
 adapter.quiet_client_error_tracebacks()
+# The Open Inference Protocol (KServe V2) under /v2/...: a Starlette app beside the
+# APIs, since BentoML APIs are POST-only and take no path parameters.
+adapter.mount_at_root(UQService, create_oip_app(inline_rows=INLINE_ROWS))

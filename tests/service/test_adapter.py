@@ -11,6 +11,9 @@ import logging
 import bentoml
 import pytest
 from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from service import adapter
@@ -38,6 +41,21 @@ class Probe:
     @bentoml.api
     def upload(self, value: int = 0) -> int:
         return value
+
+
+async def _mounted(request):
+    return PlainTextResponse(f"mounted {request.path_params.get('name', request.url.path)}")
+
+
+async def _mounted_404(request, error):
+    return PlainTextResponse("the mounted app's 404", status_code=404)
+
+
+# beside Probe's routes; one of its paths would shadow /echo if the mount came first
+adapter.mount_at_root(Probe, Starlette(
+    routes=[Route("/mounted/{name}", _mounted), Route("/echo", _mounted, methods=["POST"])],
+    exception_handlers={404: _mounted_404},
+))
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +127,10 @@ def test_assumption_client_error_tracebacks_are_logged_on_the_http_app_logger(pr
     records = [r for r in caplog.records if r.name == adapter.HTTP_APP_LOGGER]
     assert records and records[0].exc_info, "BentoML no longer logs rejected requests there"
     assert not adapter._DropClientErrorTracebacks().filter(records[0])
+
+
+def test_assumption_an_app_mounted_at_the_root_answers_only_its_own_paths_after_ours(probe):
+    assert probe.get("/mounted/x").text == "mounted x"
+    assert post(probe, "/echo", {"item": {"value": 4}}).json() == [{"value": 4}]
+    response = probe.get("/elsewhere")
+    assert response.status_code == 404 and response.text != "the mounted app's 404"
