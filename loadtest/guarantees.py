@@ -102,8 +102,8 @@ def check(host: str, args: argparse.Namespace) -> dict[str, Any]:
             rows.append(row)
             print(f"N={n_samples:>4}: error among unflagged {row['selective_error']:.4f} "
                   f"(bound {row['selective_error_upper_bound']:.4f}, target {target}), "
-                  f"coverage {row['conformal_coverage']:.3f}, novel {row['novelty_fraction']:.3f},"
-                  f" flagged {row['flagged_fraction']:.3f}; "
+                  f"coverage {row['conformal_coverage']:.3f}, novelty adds "
+                  f"{row['novelty_added_fraction']:.3f}, flagged {row['flagged_fraction']:.3f}; "
                   + ", ".join(f"{name} flagged {figures['flagged_fraction']:.3f}"
                               for name, figures in row["shifted"].items()), flush=True)
     return {"model": card["model"], "target_error": target,

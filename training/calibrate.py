@@ -203,7 +203,8 @@ def calibration_table(card: Any) -> str:
     lines.append(
         f"test split at N={card.default_n_samples}: accuracy {mc['accuracy']:.4f}, error among "
         f"unflagged {mc['selective_error']:.4f} (target {card.risk_policy.target_error}), "
-        f"conformal coverage {mc['conformal_coverage']:.3f}, novel {mc['novelty_fraction']:.1%}"
+        f"conformal coverage {mc['conformal_coverage']:.3f}, novelty adds "
+        f"{mc['novelty_added_fraction']:.1%} flags"
     )
     return "\n".join(lines)
 

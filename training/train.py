@@ -282,8 +282,8 @@ def summary_table(tag: str, card: ModelCard) -> str:
         f"{mc['selective_error']:.4f} (target {policy.target_error})"
         + ("" if policy.calibration_coverage > 0 else
            " - no threshold met the target on validation, so every prediction is flagged"),
-        f"novelty: {mc['novelty_fraction']:.1%} of test flagged as novel; flagged for any "
-        f"reason {mc['flagged_fraction']:.1%}",
+        f"novelty: adds {mc['novelty_added_fraction']:.1%} of test to the flagged; flagged "
+        f"for any reason {mc['flagged_fraction']:.1%}",
         f"prediction sets (alpha={card.conformal_alpha}): coverage "
         f"{mc['conformal_coverage']:.3f}, mean size {mc['conformal_mean_set_size']:.2f}",
         f"calibrated at N = {', '.join(map(str, card.calibrated_n_samples))}",

@@ -33,7 +33,7 @@ from uncertainty.risk import (
 from uncertainty.summary import UncertaintySummary
 
 DEFAULT_GRID = (1, 5, 10, 20, 30, 50, 100)
-DEFAULT_NOVELTY_FALSE_ALARM_RATE = 0.02
+DEFAULT_NOVELTY_FALSE_ALARM_RATE = 0.03
 REASONS = ("error_risk", "novelty")
 
 
@@ -63,11 +63,13 @@ def calibrate(
     novelty_false_alarm_rate: float,
 ) -> Calibration:
     """Fit every policy of one N on calibration rows summarised at that N."""
+    risk_policy = calibrate_risk_policy(summary, labels, target_error)
+    error_risk = risk_score(summary, risk_policy.metric) > risk_policy.threshold
     return Calibration(
         n_samples=n_samples,
-        risk_policy=calibrate_risk_policy(summary, labels, target_error),
+        risk_policy=risk_policy,
         conformal_quantile=conformal_quantile(summary.mean, labels, conformal_alpha),
-        novelty_policy=calibrate_novelty_policy(summary, novelty_false_alarm_rate),
+        novelty_policy=calibrate_novelty_policy(summary, error_risk, novelty_false_alarm_rate),
     )
 
 

@@ -12,10 +12,11 @@ coverage), keeps the guarantee. The point estimate is not enough: on
 Fashion-MNIST a threshold whose validation error is 0.0167 gave 0.0216 on the
 test split (the validation split, held out from train, is easier than test).
 
-Novelty policy: an epistemic score (mutual information) against the
-``ceil((n + 1)(1 - rate))``-th smallest of its calibration values, so that an
-input exchangeable with the calibration rows is flagged as novel with
-probability at most ``rate`` (a conformal bound on false alarms).
+Novelty policy: an epistemic score (mutual information) against a threshold
+such that an input exchangeable with the calibration rows, and not flagged for
+error risk, is flagged as novel with probability at most ``rate``: a false
+alarm is a flag that novelty adds (a conformal bound, see
+:func:`calibrate_novelty_policy`).
 
 Conformal sets (split conformal, LAC score ``1 - p(true class)``): with
 calibrated quantile ``q``, the set holds every class with mean probability at
@@ -140,8 +141,8 @@ def _guaranteed_threshold(
 class NoveltyPolicy:
     metric: str  # an epistemic score of risk_scores()
     threshold: float  # novel when score > threshold
-    false_alarm_rate: float  # the stated bound on in-distribution false alarms
-    calibration_false_alarm_rate: float  # the fraction of calibration rows above
+    false_alarm_rate: float  # the stated bound on the false alarms novelty adds
+    calibration_false_alarm_rate: float  # the share of calibration rows novelty alone flags
 
     def novel(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
@@ -151,25 +152,38 @@ NOVELTY_METRIC = "mutual_information"
 
 
 def calibrate_novelty_policy(
-    summary: UncertaintySummary, false_alarm_rate: float, metric: str = NOVELTY_METRIC
+    summary: UncertaintySummary, error_risk: np.ndarray, false_alarm_rate: float,
+    metric: str = NOVELTY_METRIC,
 ) -> NoveltyPolicy:
-    """The threshold on ``metric`` that calibration rows pass with probability at most
-    ``false_alarm_rate``: the ``ceil((n + 1)(1 - rate))``-th smallest value."""
+    """The threshold on ``metric`` above which an in-distribution input that the error-risk
+    rule lets through (``error_risk`` ``[rows]`` false) is flagged as novel with
+    probability at most ``false_alarm_rate``: a false alarm is a flag novelty adds.
+
+    Split conformal on the score that is ``metric`` where ``error_risk`` is false and
+    lowest where it is true: the ``ceil((n + 1)(1 - rate))``-th smallest. When the
+    calibration rows show no disagreement at all (one sample: mutual information is 0),
+    there is nothing to calibrate and the threshold is the score's largest possible
+    value, ln(classes): novelty is off."""
     if not 0.0 < false_alarm_rate < 1.0:
         raise ValueError(f"false_alarm_rate must lie in (0, 1), got {false_alarm_rate}")
-    scores = np.sort(risk_score(summary, metric))
+    scores = risk_score(summary, metric)
     rank = math.ceil((len(scores) + 1) * (1 - false_alarm_rate))
     if rank > len(scores):
         raise ValueError(
             f"{len(scores)} calibration rows are too few for a novelty false-alarm rate of "
             f"{false_alarm_rate}: it needs at least {math.ceil(1 / false_alarm_rate) - 1}"
         )
-    threshold = float(scores[rank - 1])
+    if not scores.any():
+        threshold = math.log(summary.mean.shape[1])
+    else:
+        let_through = np.where(np.asarray(error_risk), FLAG_EVERYTHING, scores)
+        threshold = max(float(np.sort(let_through)[rank - 1]), 0.0)
+    added = (scores > threshold) & ~np.asarray(error_risk)
     return NoveltyPolicy(
         metric=metric,
         threshold=threshold,
         false_alarm_rate=false_alarm_rate,
-        calibration_false_alarm_rate=float(np.mean(scores > threshold)),
+        calibration_false_alarm_rate=float(added.mean()),
     )
 
 
