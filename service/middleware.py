@@ -30,7 +30,7 @@ PROBE_ROUTES = ("/livez", "/readyz", "/healthz", "/metrics")
 #: The Open Inference Protocol app (service/oip.py) checks and shapes its own requests.
 OWN_CHECKS_PREFIX = "/v2"
 MULTIPART_ROUTES = ("/predict_image",)
-IMAGE_FORM_FILE, IMAGE_FORM_VALUES = "image", ("n_samples", "seed")
+IMAGE_FORM_FILE, IMAGE_FORM_VALUES = "image", ("n_samples", "seed", "return_samples")
 
 
 class ServiceMiddleware:

@@ -45,11 +45,16 @@ class Predictor:
 
     def predict(
         self, x: np.ndarray, *, n_samples: int, seed: int | None = None,
-        risk_threshold: float | None = None,
+        risk_threshold: float | None = None, return_samples: bool = False,
     ) -> list[Prediction]:
-        """One prediction per row of ``x`` ``[batch, *input_shape]``."""
+        """One prediction per row of ``x`` ``[batch, *input_shape]``; with
+        ``return_samples``, each carries its samples ``[n_samples, classes]``."""
         samples = self.engine.sample(x, n_samples, seed)  # [n_samples, batch, classes]
-        return self._predictions(summarize(samples), n_samples, risk_threshold)
+        predictions = self._predictions(summarize(samples), n_samples, risk_threshold)
+        if return_samples:
+            for row, prediction in enumerate(predictions):
+                prediction.samples = samples[:, row].tolist()
+        return predictions
 
     def predict_ragged(self, x: np.ndarray, *, n_samples: list[int]) -> list[Prediction]:
         """Row i of ``x`` with ``n_samples[i]`` samples, all in one engine pass."""

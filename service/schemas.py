@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from service.inputs import InputSpec
 from service.settings import settings
 
 Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+#: The most samples a response may carry with ``return_samples``.
+MAX_RETURNED_SAMPLES = 200
 NSamples = Annotated[StrictInt, Field(ge=1, le=settings.max_samples)]
 
 
@@ -53,6 +55,10 @@ class PredictRequest(BaseModel):
     seed: Seed | None = Field(None, description="the same seed gives the same answer")
     risk_threshold: float | None = Field(
         None, ge=0, allow_inf_nan=False, description="override the card's risk threshold"
+    )
+    return_samples: StrictBool = Field(
+        False, description=f"include every sample's probabilities (at most "
+        f"{MAX_RETURNED_SAMPLES} samples)"
     )
 
 
@@ -108,6 +114,9 @@ class Prediction(BaseModel):
     mutual_information: float
     risk: Risk
     prediction_set: list[str]
+    samples: list[list[float]] | None = Field(  # [n_samples, classes], on request only
+        None, exclude_if=lambda samples: samples is None
+    )
 
 
 class PredictResponse(BaseModel):

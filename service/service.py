@@ -29,6 +29,7 @@ from service import adapter, metrics
 from service.middleware import ServiceMiddleware
 from service.oip import create_app as create_oip_app
 from service.schemas import (
+    MAX_RETURNED_SAMPLES,
     BatchItem,
     GenerateRequest,
     GenerateResponse,
@@ -98,22 +99,30 @@ class UQService:
 
     def _predict(
         self, endpoint: str, x: np.ndarray, n_samples: int, seed: int | None,
-        risk_threshold: float | None = None,
+        risk_threshold: float | None = None, return_samples: bool = False,
     ) -> list[Prediction]:
         """The predictor's answer for ``x`` ``[batch, *input_shape]``, with metrics."""
+        if return_samples and n_samples > MAX_RETURNED_SAMPLES:
+            raise adapter.BadRequest(
+                f"return_samples: at most {MAX_RETURNED_SAMPLES} samples can be returned, "
+                f"n_samples is {n_samples}"
+            )
         started = time.perf_counter()
         predictions = self.predictor.predict(
-            x, n_samples=n_samples, seed=seed, risk_threshold=risk_threshold
+            x, n_samples=n_samples, seed=seed, risk_threshold=risk_threshold,
+            return_samples=return_samples,
         )
         metrics.observe_predictions(endpoint, predictions, time.perf_counter() - started)
         return predictions
 
     @bentoml.api(route="/predict")
+    @adapter.answers_service_errors
     async def predict(self, request: PredictRequest, /) -> PredictResponse:
         """MC dropout predictions for a list of instances (raw pixels, flat or shaped)."""
         x = np.stack(request.instances)
         n_samples = request.n_samples or self.predictor.default_samples
-        arguments = ("predict", x, n_samples, request.seed, request.risk_threshold)
+        arguments = ("predict", x, n_samples, request.seed, request.risk_threshold,
+                     request.return_samples)
         # a small call is cheaper on the event loop than handed to a thread and back;
         # a large one must not hold up the other requests
         if len(x) * n_samples <= INLINE_ROWS:
@@ -151,6 +160,7 @@ class UQService:
         image: Annotated[Path, ContentType("image/*")],
         n_samples: NSamples | None = None,
         seed: Seed | None = None,
+        return_samples: bool = False,
     ) -> PredictResponse:
         """A PNG or JPEG upload (multipart field ``image``), converted as the card says."""
         from service.inputs import parse_image
@@ -160,7 +170,8 @@ class UQService:
         except ValueError as error:
             raise adapter.BadRequest(f"image: {error}") from None
         n_samples = n_samples or self.predictor.default_samples
-        predictions = self._predict("predict_image", x[None], n_samples, seed)
+        predictions = self._predict("predict_image", x[None], n_samples, seed,
+                                    return_samples=return_samples)
         return PredictResponse(model=self.predictor.tag, n_samples=n_samples,
                                predictions=predictions)
 

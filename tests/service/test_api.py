@@ -138,3 +138,14 @@ def test_bad_generate_requests_name_the_field(client, body, fragments):
 def test_generate_without_a_generator_is_404(client, monkeypatch):
     monkeypatch.setattr(bentoml.get_current_service(), "sampler", None)
     assert_error(post(client, "/generate", {"count": 2}), 404, "UQ_GENERATOR")
+
+
+def test_return_samples_is_bounded(client, monkeypatch):
+    import service.service
+
+    monkeypatch.setattr(service.service, "MAX_RETURNED_SAMPLES", 5)
+    response = post(client, "/predict", {"instances": [DIGIT], "n_samples": 6,
+                                         "return_samples": True})
+    assert_error(response, 400, "return_samples", "at most 5 samples", "n_samples is 6")
+    assert_error(post(client, "/predict", {"instances": [DIGIT], "return_samples": "yes"}), 400,
+                 "return_samples")

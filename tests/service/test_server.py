@@ -183,3 +183,17 @@ def test_generate_is_seeded_and_shaped_like_the_classifier_input(http, generator
     assert http.post("/generate", json=request).json() == body
     assert http.post("/generate", json={**request, "seed": 5}).json() != body
     assert http.post("/metadata", json={}).json()["generator"]["tag"] == generator_tag
+
+
+def test_return_samples_gives_every_sample_and_their_mean(http, digits):
+    body = predict(http, digits[:2], n_samples=12, seed=5, return_samples=True)
+    for prediction in body["predictions"]:
+        samples = np.asarray(prediction["samples"])
+        assert samples.shape == (12, 10)
+        np.testing.assert_allclose(samples.mean(axis=0), prediction["probabilities"], atol=1e-6)
+        np.testing.assert_allclose(samples.std(axis=0), prediction["std"], atol=1e-6)
+    assert "samples" not in predict(http, digits[:1], n_samples=12)["predictions"][0]
+    pixels = (digits[0] * (255 / 16)).astype(np.uint8)
+    response = http.post("/predict_image", files=image_upload(pixels, "PNG"),
+                         data={"n_samples": "3", "return_samples": "true"})
+    assert np.asarray(response.json()["predictions"][0]["samples"]).shape == (3, 10)
