@@ -39,31 +39,37 @@ def merge_quality(rows: list[dict[str, Any]], evaluation: dict[str, Any] | None)
 def recommend(
     rows: list[dict[str, Any]], evaluation: dict[str, Any] | None, latency_budget_ms: float
 ) -> dict[str, dict[str, Any]]:
-    """Per path: the smallest N whose accuracy and NLL are within tolerance of the
-    best evaluated (as uq-evaluate's plateau), and whose p95 fits the budget (with
-    the reason when none does)."""
+    """Per path: the smallest swept N that is near the best evaluated quality (the rule
+    of uq-evaluate's plateau, training.evaluation.near_best: not shown, within Monte
+    Carlo and test-set noise, to fall short by more than the tolerances; point
+    differences for an evaluation.json without intervals) and whose p95 fits the
+    budget, with the reason when none does."""
+    paths = dict.fromkeys(row["path"] for row in rows)
+    if evaluation is None:
+        return {path: {"n_samples": None,
+                       "reason": "no quality figures: pass --evaluation evaluation.json"}
+                for path in paths}
+    quality = evaluation["by_n_samples"]
+    quality_by_n = {row["n_samples"]: row for row in quality}
     advice: dict[str, dict[str, Any]] = {}
-    for path in dict.fromkeys(row["path"] for row in rows):
+    for path in paths:
         candidates = sorted((r for r in rows if r["path"] == path), key=lambda r: r["n_samples"])
-        if evaluation is None:
-            advice[path] = {"n_samples": None,
-                            "reason": "no quality figures: pass --evaluation evaluation.json"}
-            continue
-        good_enough = [r for r in candidates
-                       if "accuracy" in r and near_best(r, evaluation["by_n_samples"])]
+        good_enough = [r for r in candidates if r["n_samples"] in quality_by_n
+                       and near_best(quality_by_n[r["n_samples"]], quality)]
         fitting = [r for r in good_enough if r["p95_ms"] <= latency_budget_ms]
         if fitting:
             chosen = fitting[0]
+            figures = quality_by_n[chosen["n_samples"]]
             advice[path] = {"n_samples": chosen["n_samples"], "p95_ms": chosen["p95_ms"],
-                            "rps": chosen["rps"], "accuracy": chosen["accuracy"],
-                            "nll": chosen["nll"]}
+                            "rps": chosen["rps"], "accuracy": figures["accuracy"],
+                            "nll": figures["nll"]}
         elif good_enough:
             advice[path] = {"n_samples": None, "reason": (
                 f"N={good_enough[0]['n_samples']} reaches the quality, but its p95 "
                 f"{good_enough[0]['p95_ms']:.0f} ms is over the {latency_budget_ms:.0f} ms budget")}
         else:
             advice[path] = {"n_samples": None, "reason": (
-                "no swept N is within tolerance of the best evaluated quality; sweep larger N")}
+                "no swept N is near the best evaluated quality; sweep larger N")}
     return advice
 
 
@@ -88,7 +94,7 @@ def write_markdown(rows: list[dict[str, Any]], advice: dict[str, dict[str, Any]]
         cells += [f"{row[c]:.4f}" if c in row else "" for c in quality]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines += ["", f"Recommendation (quality within {ACCURACY_TOLERANCE:.1%} accuracy and "
-              f"{NLL_TOLERANCE} NLL of the best, p95 within {latency_budget_ms:.0f} ms):", ""]
+              f"{NLL_TOLERANCE} NLL of the best, within Monte Carlo noise, p95 within {latency_budget_ms:.0f} ms):", ""]
     for api_path, choice in advice.items():
         if choice["n_samples"] is not None:
             lines.append(f"- `{api_path}`: N={choice['n_samples']} (p95 {choice['p95_ms']:.0f} ms,"

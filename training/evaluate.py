@@ -1,16 +1,35 @@
-"""uq-evaluate: what each extra MC sample buys, and how well the uncertainty
-scores tell shifted inputs apart.
+"""uq-evaluate: what each extra MC sample buys, whether the card's guarantees hold
+at every N, and how well the uncertainty scores tell shifted inputs apart.
 
     uq-evaluate --model uq-classifier:latest --samples 1,5,30 --output-dir reports/evaluate
 
-On the test split of the model's own dataset, for each N: accuracy, NLL,
-Brier, ECE; AURC, selective error and flagged fraction at the card's risk
-threshold; coverage and mean size of the conformal sets; and the MC estimator
-error, the mean total-variation distance between the N-sample mean
-probabilities and a reference with many samples. The deterministic
-(weight-scaling) prediction is the baseline. Then the AUROC of every
-uncertainty score at telling test images from shifted or out-of-distribution
-inputs (training.ood). Writes evaluation.json and PNG plots.
+Every figure comes from one draw per input row of M samples, the largest N
+needed, seen at each N through the same draws (common random numbers), so that
+differences between N are not Monte Carlo noise of separate draws: an N-sample
+prediction is the first N samples; accuracy and NLL are expected over the
+floor(M / N) disjoint N-sample groups, which leaves little Monte Carlo noise in
+them at small N.
+
+Quality, on the test split of the model's own dataset, for each N of
+``--samples`` and the card's default N: accuracy, NLL, Brier, ECE; AURC, selective
+error and flagged fraction under the calibration a request for N uses; coverage
+and mean size of the conformal sets; the MC estimator error (the mean
+total-variation distance between the N-sample mean probabilities and an
+independent reference with many samples); and paired-bootstrap intervals of the
+accuracy shortfall and NLL excess to the best N, from which the N where quality
+stops improving follows (training.evaluation.near_best). The deterministic
+(weight-scaling) prediction is the baseline.
+
+Guarantees, at every calibrated N of the card and at N off the grid (which use
+the calibration of the largest calibrated N at or below): the error among
+predictions not flagged for error risk and its upper bound against the target,
+conformal coverage against 1 - alpha, the share of test rows that novelty alone
+flags (and of those flagged as novel at all) against the stated false-alarm rate,
+and the flagged fraction of each shifted set, by reason (training.ood, and
+generated images with ``--generator``).
+
+Then the AUROC of every uncertainty score at telling test images from each shifted
+set at the default N. Writes evaluation.json and PNG plots.
 """
 
 from __future__ import annotations
@@ -30,32 +49,49 @@ from training.cli import OneLineErrorParser, fail, sample_counts
 from training.data import DatasetError, load_dataset
 from training.evaluation import (
     ACCURACY_TOLERANCE,
+    BOOTSTRAP_RESAMPLES,
+    INTERVAL_LEVEL,
     NLL_TOLERANCE,
     classification_metrics,
     mc_summary,
+    near_best,
+    nested_mc_draw,
     plateau,
+    quality_noise,
     risk_coverage_curves,
     selective_metrics,
     total_variation,
 )
+from uncertainty import metrics
+from uncertainty.calibration import decide
+from uncertainty.risk import RISK_DELTA, error_upper_bound, risk_scores
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLES = (1, 2, 5, 10, 20, 30, 50, 100)
+DEFAULT_OFF_GRID_SAMPLES = (3, 15, 40, 75, 200)
+#: Seeds of independent draws (test split, reference, each shifted set) lie this far apart.
+SEED_STRIDE = 10**6
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="uq-evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest", help="classifier tag")
     parser.add_argument("--samples", type=sample_counts, default=DEFAULT_SAMPLES,
-                        help="comma-separated N to evaluate (default: 1,2,5,10,20,30,50,100)")
+                        help="comma-separated N to measure quality at, beside the card's "
+                        "default N (default: 1,2,5,10,20,30,50,100)")
+    parser.add_argument("--off-grid-samples", type=sample_counts,
+                        default=DEFAULT_OFF_GRID_SAMPLES,
+                        help="comma-separated N off the card's calibration grid to measure "
+                        "the guarantees at, beside every calibrated N (default: 3,15,40,75,200)")
     parser.add_argument("--output-dir", type=Path, default=Path("reports/evaluate"),
                         help="where evaluation.json and the plots go (default: %(default)s)")
     parser.add_argument("--reference-samples", type=int, default=1000,
                         help="N of the reference for the estimator error (default: %(default)s)")
     parser.add_argument("--reference-rows", type=int, default=2000,
                         help="test rows the reference covers (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the MC draws (default: %(default)s)")
     parser.add_argument("--generator", help="a GAN generator tag: its images join the report "
                         "as a shifted set (flagged fraction and uncertainty against real ones)")
     parser.add_argument("--generated-images", type=int, default=2000,
@@ -63,45 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate(model, card, dataset, samples, reference_samples, reference_rows, seed) -> dict:
-    """Every figure of evaluation.json, plus the arrays the plots need under "_plots"."""
+def evaluate(model, card, dataset, *, samples, off_grid_samples, reference_samples,
+             reference_rows, seed, generated=None) -> dict:
+    """Every figure of evaluation.json, plus the arrays the plots need under "_plots".
+    ``generated``: (generator tag, its images ``[count, *input_shape]``), a shifted set."""
     from training.ood import ood_sets
-    from uncertainty import metrics
     from uncertainty.engine import MCEngine
-    from uncertainty.risk import risk_scores
 
     engine = MCEngine(model)
     x_test, y_test = dataset.x_test, dataset.y_test
+    default_n = card.default_n_samples
+    quality_counts = sorted({*samples, default_n})
+    guarantee_counts = sorted({*card.calibrated_n_samples, *off_grid_samples})
+    test_draw = draw(engine, "test split", x_test,
+                     sorted({*quality_counts, *guarantee_counts}), seed, labels=y_test)
+    test = test_draw.summaries
+    shifted_inputs = ood_sets(dataset, rows=len(x_test), seed=seed)
+    if generated is not None:
+        generator_tag, shifted_inputs["generated"] = generated
+    shifted = {name: draw(engine, name, inputs, guarantee_counts,
+                          seed + index * SEED_STRIDE).summaries
+               for index, (name, inputs) in enumerate(shifted_inputs.items(), start=2)}
     reference_rows = min(reference_rows, len(x_test))
     logger.info("reference: %d samples on %d test rows", reference_samples, reference_rows)
-    reference = mc_summary(engine, x_test[:reference_rows], reference_samples, seed).mean
-    by_n_samples, summaries = [], {}
-    for n_samples in samples:
-        started = time.perf_counter()
-        summary = mc_summary(engine, x_test, n_samples, seed + n_samples)
-        seconds = time.perf_counter() - started
-        summaries[n_samples] = summary
-        row = {
-            "n_samples": n_samples,
-            **classification_metrics(summary.mean, y_test),
-            **selective_metrics(summary, y_test, card.calibration_for(n_samples)),
-            "estimator_error": float(
-                total_variation(summary.mean[:reference_rows], reference).mean()
-            ),
-            "engine_seconds_per_1000_rows": seconds / len(x_test) * 1000,
-        }
-        by_n_samples.append(row)
-        logger.info("N=%d: accuracy %.4f, NLL %.4f, ECE %.4f, estimator error %.4f", n_samples,
-                    row["accuracy"], row["nll"], row["ece"], row["estimator_error"])
+    reference = mc_summary(engine, x_test[:reference_rows], reference_samples,
+                           seed + SEED_STRIDE).mean  # [reference_rows, classes]
+    by_n_samples, noise = quality_rows(card, test_draw, quality_counts, y_test, reference)
     deterministic = model.predict(x_test, batch_size=1024, verbose=0)
-    ood_n = card.default_n_samples
-    test_summary = summaries.get(ood_n) or mc_summary(engine, x_test, ood_n, seed + ood_n)
-    inside = risk_scores(test_summary)
-    ood = {}
-    for name, inputs in ood_sets(dataset, rows=len(x_test), seed=seed).items():
-        outside = risk_scores(mc_summary(engine, inputs, ood_n, seed + 7))
-        ood[name] = {score: metrics.ood_auroc(inside[score], outside[score]) for score in inside}
-    return {
+    report = {
         "model_dataset": dataset.name,
         "test_rows": len(x_test),
         "by_n_samples": by_n_samples,
@@ -109,47 +134,161 @@ def evaluate(model, card, dataset, samples, reference_samples, reference_rows, s
         "reference": {"n_samples": reference_samples, "rows": reference_rows},
         "plateau_n_samples": plateau(by_n_samples),
         "tolerances": {"accuracy": ACCURACY_TOLERANCE, "nll": NLL_TOLERANCE},
-        "ood_n_samples": ood_n,
-        "ood_auroc": ood,
+        "quality_noise": {
+            "method": "accuracy and NLL expected over the disjoint N-sample groups of one "
+                      "draw per test row; paired bootstrap over test rows",
+            "draw_n_samples": max(test), "resamples": BOOTSTRAP_RESAMPLES,
+            "level": INTERVAL_LEVEL,
+            "best_accuracy_n_samples": noise.best_accuracy_n_samples,
+            "best_nll_n_samples": noise.best_nll_n_samples,
+        },
+        "guarantees": guarantee_rows(card, guarantee_counts, test, y_test, shifted),
+        "ood_n_samples": default_n,
+        "ood_auroc": {name: ood_aurocs(test[default_n], shifted[name][default_n])
+                      for name in shifted if name != "generated"},
         "_plots": {
             "deterministic": deterministic,
-            "test_summary": test_summary,
-            "curves": risk_coverage_curves(test_summary, y_test),
+            "test_summary": test[default_n],
+            "curves": risk_coverage_curves(test[default_n], y_test),
+        },
+    }
+    if generated is not None:
+        report["generated"] = generated_report(card, generator_tag, test[default_n],
+                                               shifted["generated"][default_n])
+    return report
+
+
+def draw(engine, name: str, x: np.ndarray, counts: list[int], seed: int,
+         labels: np.ndarray | None = None):
+    """training.evaluation.nested_mc_draw, logged."""
+    started = time.perf_counter()
+    nested = nested_mc_draw(engine, x, counts, seed, labels)
+    logger.info("%s: %d rows x %d samples, seen at N = %s, in %.1f s", name, len(x),
+                max(counts), ",".join(map(str, counts)), time.perf_counter() - started)
+    return nested
+
+
+def quality_rows(card, test, counts: list[int], labels: np.ndarray,
+                 reference: np.ndarray) -> tuple[list[dict[str, Any]], Any]:
+    """One by_n_samples row per N of ``counts`` (ascending) from the test split's
+    NestedDraw ``test``: accuracy and NLL expected of an N-sample prediction, with
+    the intervals of their distance to the best N; the other figures of one
+    N-sample prediction per row (the first N samples). And the QualityNoise."""
+    noise = quality_noise({n: test.quality[n] for n in counts})
+    rows = []
+    for n_samples in counts:
+        summary = test.summaries[n_samples]
+        row = {
+            "n_samples": n_samples,
+            **classification_metrics(summary.mean, labels),
+            **noise.by_n_samples[n_samples],  # expected accuracy and NLL replace the above
+            **selective_metrics(summary, labels, card.calibration_for(n_samples)),
+            "estimator_error": float(
+                total_variation(summary.mean[: len(reference)], reference).mean()
+            ),
+        }
+        rows.append(row)
+        logger.info("N=%d: accuracy %.4f, NLL %.4f, ECE %.4f, estimator error %.4f", n_samples,
+                    row["accuracy"], row["nll"], row["ece"], row["estimator_error"])
+    return rows, noise
+
+
+def guarantee_rows(card, counts: list[int], test: dict, labels: np.ndarray,
+                   shifted: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per N of ``counts``: what the calibration a request for N uses does on
+    the test split (N -> summary in ``test``) and on each shifted set."""
+    rows = []
+    for n_samples in counts:
+        calibration = card.calibration_for(n_samples)
+        row = {
+            "n_samples": n_samples,
+            "calibrated": n_samples in card.calibrated_n_samples,
+            "calibrated_n_samples": calibration.n_samples,
+            **guarantee_figures(test[n_samples], labels, calibration, card.conformal_alpha),
+            "shifted": {name: flag_fractions(summaries[n_samples], calibration)
+                        for name, summaries in shifted.items()},
+        }
+        rows.append(row)
+        logger.info("guarantees at N=%d: selective error %.4f (bound %.4f, target %.4f), "
+                    "set coverage %.3f, novelty false alarms %.3f", n_samples,
+                    row["selective_error"], row["selective_error_upper_bound"],
+                    row["target_error"], row["conformal_coverage"],
+                    row["novelty_false_alarm_rate"])
+    return rows
+
+
+def guarantee_figures(summary, labels: np.ndarray, calibration,
+                      conformal_alpha: float) -> dict[str, Any]:
+    """selective_metrics on in-distribution rows, the novelty false-alarm rate (the
+    share of rows that novelty alone flags: novel, not flagged for error risk, as the
+    novelty policy is calibrated), each promise beside its figure, and whether each
+    holds: a promise fails only when the rows show, at confidence 1 - RISK_DELTA, a
+    rate above it (the Clopper-Pearson lower bound of the rate exceeds the promise)."""
+    decision = decide(summary, calibration)
+    errors = summary.label != labels  # [rows]
+    covered = decision.prediction_sets[np.arange(len(labels)), labels]  # [rows]
+    false_alarms = decision.novel & ~decision.error_risk  # [rows]
+    target_error = calibration.risk_policy.target_error
+    false_alarm_rate = calibration.novelty_policy.false_alarm_rate
+    return {
+        **selective_metrics(summary, labels, calibration),
+        "target_error": target_error,
+        "conformal_coverage_target": 1.0 - conformal_alpha,
+        "novelty_false_alarm_rate": float(false_alarms.mean()),
+        "novelty_false_alarm_target": false_alarm_rate,
+        "holds": {
+            "selective_error": not shown_above(errors[~decision.error_risk], target_error),
+            "conformal_coverage": not shown_above(~covered, conformal_alpha),
+            "novelty_false_alarms": not shown_above(false_alarms, false_alarm_rate),
         },
     }
 
 
-def generated_report(engine, card, generator, generator_card, generator_tag: str,
-                     test_summary, count: int, seed: int) -> dict[str, Any]:
-    """The classifier on generated images against real test images: flagged
-    fraction, mean uncertainty scores and the AUROC of telling them apart."""
-    from artifacts.generation import generated_images
-    from uncertainty import metrics
-    from uncertainty.calibration import decide
-    from uncertainty.risk import risk_scores
+def shown_above(events: np.ndarray, rate: float) -> bool:
+    """Whether ``events`` ``[rows]`` bool show their rate above ``rate`` at confidence
+    1 - RISK_DELTA: the Clopper-Pearson lower bound exceeds it."""
+    count, total = int(events.sum()), len(events)
+    lower_bound = 1.0 - error_upper_bound(total - count, total, 1 - RISK_DELTA)
+    return lower_bound > rate
 
-    images = generated_images(generator, generator_card, count, seed)  # [count, *input_shape]
-    generated = mc_summary(engine, images, card.default_n_samples, seed)
-    real_scores, fake_scores = risk_scores(test_summary), risk_scores(generated)
+
+def flag_fractions(summary, calibration) -> dict[str, float]:
+    """The share of rows flagged for any reason and for each."""
+    decision = decide(summary, calibration)
+    return {"flagged_fraction": float(decision.flagged.mean()),
+            "error_risk_fraction": float(decision.error_risk.mean()),
+            "novelty_fraction": float(decision.novel.mean())}
+
+
+def ood_aurocs(inside, outside) -> dict[str, float]:
+    """Per uncertainty score: the AUROC of telling ``outside`` rows from ``inside`` ones."""
+    inside_scores, outside_scores = risk_scores(inside), risk_scores(outside)
+    return {name: metrics.ood_auroc(inside_scores[name], outside_scores[name])
+            for name in inside_scores}
+
+
+def generated_report(card, generator_tag: str, test_summary,
+                     generated_summary) -> dict[str, Any]:
+    """The classifier on generated images against real test images at the default N:
+    flagged fraction, mean uncertainty scores and the AUROC of telling them apart."""
+    real_scores, fake_scores = risk_scores(test_summary), risk_scores(generated_summary)
     calibration = card.calibration_for(card.default_n_samples)
     return {
         "generator": generator_tag,
-        "images": count,
+        "images": len(generated_summary.label),
         "flagged_fraction": {
-            "generated": float(decide(generated, calibration).flagged.mean()),
+            "generated": float(decide(generated_summary, calibration).flagged.mean()),
             "test": float(decide(test_summary, calibration).flagged.mean()),
         },
         "mean_scores": {name: {"generated": float(fake_scores[name].mean()),
                                "test": float(real_scores[name].mean())}
                         for name in real_scores},
-        "auroc": {name: metrics.ood_auroc(real_scores[name], fake_scores[name])
-                  for name in real_scores},
+        "auroc": ood_aurocs(test_summary, generated_summary),
     }
 
 
-def write_plots(report: dict[str, Any], card, labels: np.ndarray, output_dir: Path) -> None:
+def write_plots(report: dict[str, Any], labels: np.ndarray, output_dir: Path) -> None:
     from training import plots
-    from uncertainty.metrics import reliability_bins
 
     rows = report["by_n_samples"]
     plots.lines_against(
@@ -161,34 +300,71 @@ def write_plots(report: dict[str, Any], card, labels: np.ndarray, output_dir: Pa
     )
     extra = report["_plots"]
     plots.reliability_diagram(
-        {"deterministic": reliability_bins(extra["deterministic"], labels),
+        {"deterministic": metrics.reliability_bins(extra["deterministic"], labels),
          f"MC dropout (N={report['ood_n_samples']})":
-             reliability_bins(extra["test_summary"].mean, labels)},
+             metrics.reliability_bins(extra["test_summary"].mean, labels)},
         output_dir / "reliability.png",
     )
-    at_default = next((r for r in rows if r["n_samples"] == report["ood_n_samples"]), None)
+    at_default = next(r for r in rows if r["n_samples"] == report["ood_n_samples"])
     plots.risk_coverage_plot(
         extra["curves"], output_dir / "risk_coverage.png",
-        operating_point=(at_default["coverage"], at_default["selective_error"])
-        if at_default else None,
+        operating_point=(at_default["coverage"], at_default["selective_error"]),
+    )
+    write_guarantees_plot(report, output_dir / "guarantees_vs_samples.png")
+
+
+def write_guarantees_plot(report: dict[str, Any], path: Path) -> None:
+    """The guarantee rows against N, each promise beside its measurement."""
+    from training.plots import Panel, marked_against_samples
+
+    rows = report["guarantees"]
+
+    def column(name: str) -> list[float]:
+        return [row[name] for row in rows]
+
+    shifted = {name: [row["shifted"][name]["flagged_fraction"] for row in rows]
+               for name in rows[0]["shifted"]}
+    marked_against_samples(
+        column("n_samples"), column("calibrated"),
+        [Panel("error among not flagged",
+               {"selective error": column("selective_error"),
+                "upper bound": column("selective_error_upper_bound")},
+               {"target": column("target_error")}),
+         Panel("conformal coverage", {"coverage": column("conformal_coverage")},
+               {"1 - alpha": column("conformal_coverage_target")}),
+         Panel("novelty on the test split",
+               {"false alarms (novelty alone)": column("novelty_false_alarm_rate"),
+                "flagged as novel": column("novelty_fraction")},
+               {"stated rate": column("novelty_false_alarm_target")}),
+         Panel("flagged fraction, shifted sets", shifted)],
+        path, title=f"Guarantees against N ({report['model']})",
     )
 
 
 def summary_table(report: dict[str, Any]) -> str:
     lines = [f"{'N':>5} {'accuracy':>9} {'NLL':>7} {'Brier':>7} {'ECE':>7} {'AURC':>7} "
-             f"{'flagged':>8} {'sel.err':>8} {'set cov':>8} {'est.err':>8}"]
+             f"{'flagged':>8} {'sel.err':>8} {'set cov':>8} {'est.err':>8} "
+             f"{'acc. shortfall (95%)':>22} {'NLL excess (95%)':>22}"]
     for row in report["by_n_samples"]:
+        marker = " near best" if near_best(row, report["by_n_samples"]) else ""
         lines.append(
             f"{row['n_samples']:>5} {row['accuracy']:>9.4f} {row['nll']:>7.4f} "
             f"{row['brier']:>7.4f} {row['ece']:>7.4f} {row['aurc']:>7.4f} "
             f"{row['flagged_fraction']:>8.3f} {row['selective_error']:>8.4f} "
-            f"{row['conformal_coverage']:>8.3f} {row['estimator_error']:>8.4f}"
+            f"{row['conformal_coverage']:>8.3f} {row['estimator_error']:>8.4f} "
+            f"{_interval(row['accuracy_shortfall_interval']):>22} "
+            f"{_interval(row['nll_excess_interval']):>22}{marker}"
         )
     deterministic = report["deterministic"]
     lines.append(f"{'det.':>5} {deterministic['accuracy']:>9.4f} {deterministic['nll']:>7.4f} "
                  f"{deterministic['brier']:>7.4f} {deterministic['ece']:>7.4f}")
-    lines.append(f"accuracy and NLL stop improving at N={report['plateau_n_samples']} "
-                 f"(within {ACCURACY_TOLERANCE:.1%} and {NLL_TOLERANCE} of the best)")
+    noise = report["quality_noise"]
+    lines.append(f"accuracy and NLL stop improving at N={report['plateau_n_samples']}: the "
+                 f"smallest N not shown ({noise['level']:.0%} paired bootstrap) to fall more "
+                 f"than {ACCURACY_TOLERANCE:.1%} accuracy short of N="
+                 f"{noise['best_accuracy_n_samples']} or {NLL_TOLERANCE} NLL above N="
+                 f"{noise['best_nll_n_samples']}")
+    lines += guarantees_table(report["guarantees"])
     for name, aurocs in report["ood_auroc"].items():
         best = max(aurocs, key=aurocs.get)
         lines.append(f"OOD {name}: best score {best} AUROC {aurocs[best]:.3f} ("
@@ -201,6 +377,39 @@ def summary_table(report: dict[str, Any]) -> str:
                      f"{generated['mean_scores']['mutual_information']['generated']:.3f} against "
                      f"{generated['mean_scores']['mutual_information']['test']:.3f}")
     return "\n".join(lines)
+
+
+def guarantees_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Promise against measurement per N; "!" where the test rows show it broken."""
+    shifted = list(rows[0]["shifted"])
+    lines = ["guarantees on the test split (* off the grid: the calibration of cal.N applies; "
+             f"! the rows show the promise broken at {1 - RISK_DELTA:.0%} confidence)",
+             f"{'N':>6} {'cal.N':>5} {'sel.err':>8} {'bound':>7} {'target':>7} "
+             f"{'set cov':>8} {'1-alpha':>7} {'nov.FA':>7} {'stated':>7}  flagged: "
+             + " ".join(shifted)]
+    for row in rows:
+        holds = row["holds"]
+        flagged = " ".join(f"{row['shifted'][name]['flagged_fraction']:>{len(name)}.3f}"
+                           for name in shifted)
+        lines.append(
+            f"{row['n_samples']:>5}{' ' if row['calibrated'] else '*'} "
+            f"{row['calibrated_n_samples']:>5} "
+            f"{row['selective_error']:>7.4f}{_broken(holds['selective_error'])} "
+            f"{row['selective_error_upper_bound']:>7.4f} {row['target_error']:>7.4f} "
+            f"{row['conformal_coverage']:>7.3f}{_broken(holds['conformal_coverage'])} "
+            f"{row['conformal_coverage_target']:>7.3f} "
+            f"{row['novelty_false_alarm_rate']:>6.3f}{_broken(holds['novelty_false_alarms'])} "
+            f"{row['novelty_false_alarm_target']:>7.3f}           {flagged}"
+        )
+    return lines
+
+
+def _interval(ends: list[float]) -> str:
+    return f"[{ends[0]:+.4f}, {ends[1]:+.4f}]"
+
+
+def _broken(holds: bool) -> str:
+    return " " if holds else "!"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
                                training.get("seed", 0))
     except DatasetError as error:
         return fail("uq-evaluate", str(error))
+    generated = None
     if args.generator:
+        from artifacts.generation import generated_images
         from artifacts.store import load_generator
 
         try:
@@ -234,17 +445,15 @@ def main(argv: list[str] | None = None) -> int:
             generator_card.check_fits(generator_tag, card.input_shape, card.value_range)
         except (bentoml.exceptions.NotFound, ValueError) as error:
             return fail("uq-evaluate", str(error))
-    report = {"model": tag, **evaluate(model, card, dataset, args.samples,
-                                       args.reference_samples, args.reference_rows, args.seed)}
-    if args.generator:
-        from uncertainty.engine import MCEngine
-
-        report["generated"] = generated_report(
-            MCEngine(model), card, generator, generator_card, generator_tag,
-            report["_plots"]["test_summary"], args.generated_images, args.seed,
-        )
+        generated = (generator_tag, generated_images(generator, generator_card,
+                                                     args.generated_images, args.seed))
+    report = {"model": tag, **evaluate(
+        model, card, dataset, samples=args.samples, off_grid_samples=args.off_grid_samples,
+        reference_samples=args.reference_samples, reference_rows=args.reference_rows,
+        seed=args.seed, generated=generated,
+    )}
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_plots(report, card, dataset.y_test, args.output_dir)
+    write_plots(report, dataset.y_test, args.output_dir)
     del report["_plots"]
     (args.output_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     print(summary_table(report))

@@ -32,6 +32,7 @@ ACCURACY_TOLERANCE = 0.001
 NLL_TOLERANCE = 0.005
 #: The paired bootstrap over test rows behind near_best's intervals.
 BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
 INTERVAL_LEVEL = 0.95
 RESAMPLES_PER_BLOCK = 100  # bounds the [resamples, rows] weights held at once
 
@@ -57,28 +58,66 @@ def nested_summaries(samples: np.ndarray, counts: Sequence[int]) -> dict[int, Un
     return {n: summarize(samples[:n]) for n in counts}
 
 
-def nested_mc_summaries(
-    engine: MCEngine, x: np.ndarray, counts: Sequence[int], seed: int
-) -> dict[int, UncertaintySummary]:
-    """``nested_summaries(mc_samples(engine, x, max(counts), seed), counts)`` in bounded
-    memory: max(counts) samples are drawn for ROWS_PER_SAMPLING_BATCH rows of ``x``
-    ``[rows, *input_shape]`` at a time, with mc_samples' seeds, so the draws are the same."""
-    parts = [
-        nested_summaries(
-            mc_samples(engine, x[start : start + ROWS_PER_SAMPLING_BATCH], max(counts),
-                       seed + index),
-            counts,
-        )
-        for index, start in enumerate(range(0, len(x), ROWS_PER_SAMPLING_BATCH))
-    ]
-    return {n: concatenate_summaries([part[n] for part in parts]) for n in counts}
+@dataclasses.dataclass(frozen=True)
+class RowQuality:
+    """Per row, the expected quality of an N-sample prediction, estimated from the
+    row's M draws as the mean over their floor(M / N) disjoint groups of N samples:
+    unbiased like the first N alone, with a fraction of its Monte Carlo noise."""
+
+    correct: np.ndarray  # [rows] share of the groups whose mean predicts the label
+    nll: np.ndarray  # [rows] mean over the groups of the label's negative log-likelihood
 
 
-def concatenate_summaries(parts: Sequence[UncertaintySummary]) -> UncertaintySummary:
-    """The summaries of consecutive row blocks as one summary of all their rows."""
-    return UncertaintySummary(**{
+def grouped_quality(samples: np.ndarray, labels: np.ndarray, n_samples: int) -> RowQuality:
+    """RowQuality at ``n_samples`` of samples ``[M, rows, classes]`` and labels ``[rows]``."""
+    groups = len(samples) // n_samples
+    means = samples[: groups * n_samples].reshape(
+        groups, n_samples, *samples.shape[1:]).mean(axis=1, dtype=np.float64)
+    # means: [groups, rows, classes]
+    true_class = means[:, np.arange(len(labels)), labels]  # [groups, rows]
+    return RowQuality(
+        correct=(means.argmax(axis=2) == labels).mean(axis=0),
+        nll=-np.log(np.maximum(true_class, metrics.NLL_FLOOR)).mean(axis=0),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class NestedDraw:
+    """One draw of M = max(counts) samples per row, seen at each N of counts."""
+
+    summaries: dict[int, UncertaintySummary]  # of the first N samples of each row
+    quality: dict[int, RowQuality]  # from all M samples; empty without labels
+
+
+def nested_mc_draw(
+    engine: MCEngine, x: np.ndarray, counts: Sequence[int], seed: int,
+    labels: np.ndarray | None = None,
+) -> NestedDraw:
+    """Common random numbers over a whole split ``x`` ``[rows, *input_shape]`` in
+    bounded memory: max(counts) samples are drawn for ROWS_PER_SAMPLING_BATCH rows
+    at a time, with mc_samples' seeds, so the summaries are
+    ``nested_summaries(mc_samples(engine, x, max(counts), seed), counts)``; with
+    ``labels`` ``[rows]``, each N's RowQuality too."""
+    summaries, quality = [], []
+    for index, start in enumerate(range(0, len(x), ROWS_PER_SAMPLING_BATCH)):
+        rows = slice(start, start + ROWS_PER_SAMPLING_BATCH)
+        samples = mc_samples(engine, x[rows], max(counts), seed + index)  # [M, block, classes]
+        summaries.append(nested_summaries(samples, counts))
+        if labels is not None:
+            quality.append({n: grouped_quality(samples, labels[rows], n) for n in counts})
+    return NestedDraw(
+        summaries={n: concatenate_rows([part[n] for part in summaries]) for n in counts},
+        quality={n: concatenate_rows([part[n] for part in quality]) for n in counts}
+        if quality else {},
+    )
+
+
+def concatenate_rows(parts: Sequence[Any]) -> Any:
+    """Per-row figures (an UncertaintySummary, a RowQuality) of consecutive row blocks
+    as one of all their rows: every field concatenated along its first axis."""
+    return type(parts[0])(**{
         field.name: np.concatenate([getattr(part, field.name) for part in parts])
-        for field in dataclasses.fields(UncertaintySummary)
+        for field in dataclasses.fields(parts[0])
     })
 
 
@@ -104,9 +143,9 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class QualityNoise:
-    """Paired-bootstrap intervals of each N's distance to the best N: per N, the
-    accuracy shortfall to the most accurate N and the NLL excess over the N of
-    lowest NLL, each as a point value and an INTERVAL_LEVEL percentile interval."""
+    """Per N: the expected accuracy and NLL (RowQuality), the accuracy shortfall to
+    the most accurate N and the NLL excess over the N of lowest NLL, each difference
+    as a point value and a paired-bootstrap INTERVAL_LEVEL percentile interval."""
 
     best_accuracy_n_samples: int
     best_nll_n_samples: int
@@ -114,21 +153,21 @@ class QualityNoise:
 
 
 def quality_noise(
-    probabilities_by_n: Mapping[int, np.ndarray], labels: np.ndarray, seed: int,
-    resamples: int = BOOTSTRAP_RESAMPLES,
+    quality: Mapping[int, RowQuality], resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
 ) -> QualityNoise:
-    """Resample the test rows ``resamples`` times (seeded) and recompute every N's
+    """Resample the test rows ``resamples`` times and recompute every N's expected
     accuracy and NLL on the same resample, so that the differences keep their
-    pairing: ``probabilities_by_n`` maps N to mean probabilities ``[rows, classes]``
-    of the same rows, best drawn with common random numbers (nested_mc_summaries).
-    Monte Carlo noise is independent across rows, so it is in the row-to-row spread
-    the bootstrap sees. The best N is the point estimate's (the largest N on ties)."""
-    counts = sorted(probabilities_by_n)
-    correct = np.stack([probabilities_by_n[n].argmax(axis=1) == labels for n in counts],
-                       axis=1).astype(np.float64)  # [rows, K]
-    losses = np.stack([row_nll(probabilities_by_n[n], labels) for n in counts], axis=1)
-    best_accuracy = _last_argmax(correct.mean(axis=0))
-    best_nll = _last_argmax(-losses.mean(axis=0))
+    pairing; ``quality`` maps N to RowQuality of the same rows from one draw
+    (nested_mc_draw). Monte Carlo noise is independent across rows, so what is left
+    of it is in the row-to-row spread the bootstrap sees. The seed is fixed, not the
+    draws': the resampled rows are part of the method, the same whatever the draws.
+    The best N is the point estimate's (the largest N on ties)."""
+    counts = sorted(quality)
+    correct = np.stack([quality[n].correct for n in counts], axis=1)  # [rows, K]
+    losses = np.stack([quality[n].nll for n in counts], axis=1)  # [rows, K]
+    accuracy, nll = correct.mean(axis=0), losses.mean(axis=0)  # [K]
+    best_accuracy, best_nll = _last_argmax(accuracy), _last_argmax(-nll)
     means = bootstrap_means(np.concatenate([correct, losses], axis=1), resamples, seed)
     accuracy_means, nll_means = np.split(means, 2, axis=1)  # [resamples, K] each
     shortfall = accuracy_means[:, [best_accuracy]] - accuracy_means
@@ -136,24 +175,18 @@ def quality_noise(
     tails = 50 * (1 - INTERVAL_LEVEL), 50 * (1 + INTERVAL_LEVEL)
     shortfall_ends, excess_ends = (np.percentile(differences, tails, axis=0)  # [2, K]
                                    for differences in (shortfall, excess))
-    accuracy, nll = correct.mean(axis=0), losses.mean(axis=0)  # [K]
     return QualityNoise(
         best_accuracy_n_samples=counts[best_accuracy],
         best_nll_n_samples=counts[best_nll],
         by_n_samples={n: {
+            "accuracy": float(accuracy[k]),
+            "nll": float(nll[k]),
             "accuracy_shortfall": float(accuracy[best_accuracy] - accuracy[k]),
             "accuracy_shortfall_interval": shortfall_ends[:, k].tolist(),
             "nll_excess": float(nll[k] - nll[best_nll]),
             "nll_excess_interval": excess_ends[:, k].tolist(),
         } for k, n in enumerate(counts)},
     )
-
-
-def row_nll(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-row negative log-likelihood ``[rows]`` of ``[rows, classes]`` probabilities;
-    its mean is metrics.nll."""
-    true_class = probabilities[np.arange(len(labels)), labels]
-    return -np.log(np.maximum(true_class, metrics.NLL_FLOOR))
 
 
 def bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
@@ -179,13 +212,15 @@ def near_best(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> bool
 
     The rule: N is near the best when neither its accuracy shortfall to the most
     accurate N nor its NLL excess over the N of lowest NLL is shown to exceed its
-    tolerance, that is when the lower end of the 95% paired-bootstrap interval of the
-    shortfall is at most ACCURACY_TOLERANCE and that of the excess at most
-    NLL_TOLERANCE (``accuracy_shortfall_interval``, ``nll_excess_interval``; see
-    quality_noise). Each is a one-sided test at 2.5% of "worse by more than the
-    tolerance": N is dropped only on evidence, so a difference within the noise of
-    the draws does not decide. Rows without intervals (older files) compare the
-    point differences to the best of ``rows`` instead.
+    tolerance, that is when the lower end of the 95% interval of the shortfall is at
+    most ACCURACY_TOLERANCE and that of the excess at most NLL_TOLERANCE
+    (``accuracy_shortfall_interval``, ``nll_excess_interval``). The accuracy and NLL
+    are those expected of an N-sample prediction (RowQuality, one draw per test row
+    for every N), the intervals paired-bootstrap percentiles over test rows
+    (quality_noise). Each end is a one-sided test at 2.5% of "worse by more than the
+    tolerance": N is ruled out only on evidence, never by noise that happened to
+    favour another N. Rows without intervals (older files) compare the point
+    differences to the best of ``rows`` instead.
     """
     shortfall = _lower_end(row, "accuracy_shortfall_interval",
                            max(other["accuracy"] for other in rows) - row["accuracy"])
@@ -241,6 +276,7 @@ def decision_metrics(
         "coverage": accepted_count / len(errors),
         "error_risk_fraction": float(error_risk.mean()),
         "novelty_fraction": float(novel.mean()),
+        "novelty_added_fraction": float((novel & accepted).mean()),
         "flagged_fraction": float((error_risk | novel).mean()),
         "conformal_coverage": float(covered.mean()),
         "conformal_mean_set_size": float(set_sizes.mean()),

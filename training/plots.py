@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -75,6 +76,46 @@ def lines_against(
         axis.set(xlabel=xlabel, title=name)
         if log_x:
             axis.set_xscale("log")
+    figure.suptitle(title)
+    _save(figure, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One panel of marked_against_samples: measured lines (label -> one value per N)
+    and the promises they answer to, drawn dashed."""
+
+    title: str
+    measured: Mapping[str, Sequence[float]]
+    promised: Mapping[str, Sequence[float]] = dataclasses.field(default_factory=dict)
+
+
+def marked_against_samples(
+    n_samples: Sequence[int],
+    calibrated: Sequence[bool],
+    panels: Sequence[Panel],
+    path: Path,
+    title: str,
+) -> None:
+    """Panels against N (log scale): measured values as filled circles at calibrated
+    N and open squares off the grid, promises as dashed steps."""
+    n_values, on_grid = np.asarray(n_samples), np.asarray(calibrated, dtype=bool)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+    for axis, panel in zip(axes[0], panels, strict=True):
+        for label, values in panel.measured.items():
+            values = np.asarray(values)
+            (line,) = axis.plot(n_values, values, linewidth=1, label=label)
+            axis.scatter(n_values[on_grid], values[on_grid], color=line.get_color(), zorder=3)
+            axis.scatter(n_values[~on_grid], values[~on_grid], marker="s", zorder=3,
+                         facecolors="none", edgecolors=line.get_color())
+        for label, values in panel.promised.items():
+            axis.step(n_values, values, where="post", linestyle="--", color="grey", label=label)
+        axis.set(xlabel="MC samples N", title=panel.title, xscale="log")
+        axis.legend(fontsize=7)
+    axes[0][0].scatter([], [], color="black", label="calibrated N")
+    axes[0][0].scatter([], [], marker="s", facecolors="none", edgecolors="black",
+                       label="off the grid")
+    axes[0][0].legend(fontsize=7)
     figure.suptitle(title)
     _save(figure, path)
 

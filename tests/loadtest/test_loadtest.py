@@ -68,15 +68,36 @@ def test_a_served_model_missing_from_the_store_is_one_line_exit_2(tmp_path, caps
     assert "the service exited" in err and "uq-no-such-model" in err and "\n" not in err
 
 
+FIGURES = [(1, 0.880, 0.40), (10, 0.899, 0.285), (30, 0.9045, 0.272), (100, 0.905, 0.270)]
+
+
+def load_rows(figures):
+    return [{"path": "/predict", "n_samples": n, "p95_ms": p95, "rps": 100.0}
+            for (n, _, _), p95 in zip(figures, [5, 10, 20, 80], strict=True)]
+
+
 def test_recommendation_is_the_smallest_good_enough_n_within_budget():
-    figures = [(1, 0.880, 0.40), (10, 0.899, 0.285), (30, 0.9045, 0.272), (100, 0.905, 0.270)]
-    quality = evaluation(figures)
-    rows = [{"path": "/predict", "n_samples": n, "p95_ms": p95, "rps": 100.0,
-             "accuracy": accuracy, "nll": nll}
-            for (n, accuracy, nll), p95 in zip(figures, [5, 10, 20, 80], strict=True)]
-    assert recommend(rows, quality, latency_budget_ms=50)["/predict"]["n_samples"] == 30
+    # an evaluation.json without intervals: point differences to the best
+    quality, rows = evaluation(FIGURES), load_rows(FIGURES)
+    chosen = recommend(rows, quality, latency_budget_ms=50)["/predict"]
+    assert chosen["n_samples"] == 30 and chosen["accuracy"] == 0.9045
     tight = recommend(rows, quality, latency_budget_ms=15)["/predict"]
     assert tight["n_samples"] is None and "over the 15 ms budget" in tight["reason"]
+
+
+def test_recommendation_counts_a_shortfall_within_the_noise_as_good_enough():
+    quality, rows = evaluation(FIGURES), load_rows(FIGURES)
+    intervals = {1: ([0.015, 0.035], [0.11, 0.15]), 10: ([-0.001, 0.013], [0.004, 0.026]),
+                 30: ([-0.002, 0.003], [-0.001, 0.005]), 100: ([0.0, 0.0], [0.0, 0.0])}
+    for row in quality["by_n_samples"]:
+        shortfall, excess = intervals[row["n_samples"]]
+        row |= {"accuracy_shortfall_interval": shortfall, "nll_excess_interval": excess}
+    # N=10 is 0.006 less accurate than N=100, but its interval reaches below the tolerance
+    assert recommend(rows, quality, latency_budget_ms=50)["/predict"]["n_samples"] == 10
+    quality["by_n_samples"][1]["nll_excess_interval"] = [0.006, 0.026]  # shown worse
+    assert recommend(rows, quality, latency_budget_ms=50)["/predict"]["n_samples"] == 30
+    unevaluated = recommend(rows, None, latency_budget_ms=50)["/predict"]
+    assert unevaluated["n_samples"] is None and "--evaluation" in unevaluated["reason"]
 
 
 def test_locust_checks_every_field_of_the_response_schema():
