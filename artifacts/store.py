@@ -68,7 +68,7 @@ def _save(model: keras.Model, card: BaseModel, name: str, labels: dict[str, str]
 
     with bentoml.models.create(
         name,
-        metadata=card.model_dump(mode="json"),
+        metadata=card.model_dump(mode="json", exclude_none=True),  # the store refuses None
         labels={**labels, "dataset": card.dataset.split(":")[0]},
     ) as model_ref:
         model.save(model_ref.path_of(MODEL_FILE))

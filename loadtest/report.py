@@ -94,7 +94,8 @@ def write_markdown(rows: list[dict[str, Any]], advice: dict[str, dict[str, Any]]
         cells += [f"{row[c]:.4f}" if c in row else "" for c in quality]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines += ["", f"Recommendation (quality within {ACCURACY_TOLERANCE:.1%} accuracy and "
-              f"{NLL_TOLERANCE} NLL of the best, within Monte Carlo noise, p95 within {latency_budget_ms:.0f} ms):", ""]
+              f"{NLL_TOLERANCE} NLL of the best, within Monte Carlo noise, p95 within "
+              f"{latency_budget_ms:.0f} ms):", ""]
     for api_path, choice in advice.items():
         if choice["n_samples"] is not None:
             lines.append(f"- `{api_path}`: N={choice['n_samples']} (p95 {choice['p95_ms']:.0f} ms,"

@@ -87,6 +87,7 @@ class Novelty(BaseModel):
     metric: str
     score: float
     threshold: float
+    calibrated_n_samples: int | Literal["auto"]
 
 
 class Risk(BaseModel):

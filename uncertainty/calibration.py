@@ -4,10 +4,10 @@ Uncertainty scores move with N (the flagged fraction of Fashion-MNIST's test
 split at one threshold is 0.19 at N=1 and 0.25 at N=30), so a threshold fitted
 at one N promises nothing at another. A :class:`Calibration` holds, for one N,
 the risk policy, the conformal quantile and the novelty policy fitted on
-calibration rows sampled at that N. A request's N uses the calibration of the
-largest calibrated N at or below it (:func:`for_n_samples`), or the smallest
-calibrated N below that: ``uq-evaluate`` measures the guarantees at N off the
-grid with this rule.
+calibration rows sampled at that N. A request's N uses the calibration of its
+own N, and off the grid a rule that errs on the safe side for each promise
+(:func:`for_n_samples`): ``uq-evaluate`` and ``loadtest.guarantees`` measure the
+guarantees at N off the grid with it.
 
 Shapes: a summary has ``batch`` rows; a decision's arrays are ``[batch]``, its
 prediction sets ``[batch, classes]``.
@@ -43,6 +43,12 @@ class Calibration:
     risk_policy: RiskPolicy
     conformal_quantile: float
     novelty_policy: NoveltyPolicy
+    #: where the novelty policy was calibrated, when not at ``n_samples`` (off the grid)
+    novelty_n_samples: int | None = None
+
+    @property
+    def novelty_calibrated_n_samples(self) -> int:
+        return self.n_samples if self.novelty_n_samples is None else self.novelty_n_samples
 
 
 def calibration_grid(requested: Iterable[int], default_n_samples: int) -> tuple[int, ...]:
@@ -74,11 +80,24 @@ def calibrate(
 
 
 def for_n_samples(calibrations: Sequence[Calibration], n_samples: int) -> Calibration:
-    """The calibration a request for ``n_samples`` uses: the largest calibrated N at or
-    below it; below the whole grid, the smallest. ``calibrations`` ascend in N."""
+    """The calibration a request for ``n_samples`` uses (``calibrations`` ascend in N).
+
+    On the grid, its own. Between two calibrated N, the risk policy and conformal
+    quantile of the one below, the novelty policy of the one above: scores move with N
+    in directions measured on Fashion-MNIST (README), so that each promise errs on the
+    safe side. The flagged fraction at a fixed error-risk threshold grows with N, so a
+    threshold from a smaller N flags at least as much; mutual information grows with
+    N, so a novelty threshold from a larger N raises fewer false alarms. Below the grid,
+    the smallest calibrated N; above it, the largest."""
     counts = [calibration.n_samples for calibration in calibrations]
-    index = bisect.bisect_right(counts, n_samples) - 1
-    return calibrations[max(index, 0)]
+    below = bisect.bisect_right(counts, n_samples) - 1
+    if below < 0:
+        return calibrations[0]
+    if counts[below] == n_samples or below == len(counts) - 1:
+        return calibrations[below]
+    above = calibrations[below + 1]
+    return dataclasses.replace(calibrations[below], novelty_policy=above.novelty_policy,
+                               novelty_n_samples=above.n_samples)
 
 
 @dataclasses.dataclass(frozen=True)

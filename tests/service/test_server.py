@@ -79,19 +79,21 @@ def test_risk_threshold_override(http, digits):
     assert {p["risk"]["threshold"] for p in body["predictions"]} == {1e9}
 
 
-@pytest.mark.parametrize(("n_samples", "calibrated"),
-                         [(1, 1), (3, 1), (5, 5), (9, 8), (30, 30), (150, 100)])
-def test_each_n_uses_the_calibration_of_the_largest_calibrated_n_at_or_below_it(
-        http, digits, n_samples, calibrated):
+@pytest.mark.parametrize(("n_samples", "calibrated", "novelty_calibrated"),
+                         [(1, 1, 1), (3, 1, 5), (5, 5, 5), (9, 8, 10), (30, 30, 30),
+                          (150, 100, 100)])
+def test_each_n_uses_its_calibration_or_the_safe_neighbours_off_the_grid(
+        http, digits, n_samples, calibrated, novelty_calibrated):
     card = http.post("/metadata", json={}).json()
     assert card["calibrated_n_samples"] == [1, 5, 8, 10, 20, 30, 50, 100]
-    expected = next(c for c in card["calibrations"] if c["n_samples"] == calibrated)
+    by_n = {c["n_samples"]: c for c in card["calibrations"]}
     [prediction] = predict(http, digits[:1], n_samples=n_samples)["predictions"]
-    risk = prediction["risk"]
+    risk, novelty = prediction["risk"], prediction["risk"]["novelty"]
     assert prediction["n_samples"] == n_samples and risk["calibrated_n_samples"] == calibrated
-    assert risk["metric"] == expected["risk_policy"]["metric"]
-    assert risk["threshold"] == expected["risk_policy"]["threshold"]
-    assert risk["novelty"]["threshold"] == expected["novelty_policy"]["threshold"]
+    assert risk["metric"] == by_n[calibrated]["risk_policy"]["metric"]
+    assert risk["threshold"] == by_n[calibrated]["risk_policy"]["threshold"]
+    assert novelty["calibrated_n_samples"] == novelty_calibrated
+    assert novelty["threshold"] == by_n[novelty_calibrated]["novelty_policy"]["threshold"]
     [batched] = http.post("/predict_batched", json={"items": [
         {"instance": digits[0].tolist(), "n_samples": n_samples}]}).json()
     assert batched["risk"]["calibrated_n_samples"] == calibrated

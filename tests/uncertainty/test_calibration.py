@@ -25,10 +25,15 @@ def calibration(n_samples: int, threshold: float = 0.1) -> Calibration:
     )
 
 
-def test_a_request_uses_the_largest_calibrated_n_at_or_below_it():
+def test_off_the_grid_error_risk_comes_from_below_and_novelty_from_above():
     grid = [calibration(n) for n in (1, 5, 10, 30)]
-    picked = {n: for_n_samples(grid, n).n_samples for n in (1, 2, 4, 5, 9, 10, 29, 30, 1000)}
-    assert picked == {1: 1, 2: 1, 4: 1, 5: 5, 9: 5, 10: 10, 29: 10, 30: 30, 1000: 30}
+    counts = (1, 2, 4, 5, 9, 10, 29, 30, 1000)
+    picked = {n: (for_n_samples(grid, n).n_samples,
+                  for_n_samples(grid, n).novelty_calibrated_n_samples) for n in counts}
+    assert picked == {1: (1, 1), 2: (1, 5), 4: (1, 5), 5: (5, 5), 9: (5, 10), 10: (10, 10),
+                      29: (10, 30), 30: (30, 30), 1000: (30, 30)}
+    assert for_n_samples(grid, 9).novelty_policy is grid[2].novelty_policy
+    assert for_n_samples(grid, 9).risk_policy is grid[1].risk_policy
     assert for_n_samples([calibration(5), calibration(10)], 2).n_samples == 5  # below the grid
 
 
