@@ -40,6 +40,7 @@ from service.schemas import (
     Seed,
 )
 from service.settings import settings
+from service.webui import create_app as create_ui_app
 
 logger = logging.getLogger(__name__)
 
@@ -248,3 +249,5 @@ adapter.quiet_client_error_tracebacks()
 # The Open Inference Protocol (KServe V2) under /v2/...: a Starlette app beside the
 # APIs, since BentoML APIs are POST-only and take no path parameters.
 adapter.mount_at_root(UQService, create_oip_app(inline_rows=INLINE_ROWS))
+# The web page at /ui: static HTML, JS and CSS from service/ui/.
+adapter.mount_at_root(UQService, create_ui_app())
