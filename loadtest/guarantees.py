@@ -113,6 +113,22 @@ def check(host: str, args: argparse.Namespace) -> dict[str, Any]:
             "test_rows": len(dataset.x_test), "shifted_rows": args.shifted_rows, "rows": rows}
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table, one row per N (off-grid N in italics)."""
+    shifted = list(report["rows"][0]["shifted"])
+    header = ["N", "calibration N", "error among unflagged", "99% bound", "set coverage",
+              "novelty adds", "flagged", *(f"{name} flagged" for name in shifted)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in report["rows"]:
+        n = str(row["n_samples"]) if row["calibrated"] else f"*{row['n_samples']}*"
+        cells = [n, str(row["calibrated_n_samples"]), f"{row['selective_error']:.4f}",
+                 f"{row['selective_error_upper_bound']:.4f}", f"{row['conformal_coverage']:.3f}",
+                 f"{row['novelty_added_fraction']:.3f}", f"{row['flagged_fraction']:.3f}",
+                 *(f"{row['shifted'][name]['flagged_fraction']:.3f}" for name in shifted)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     from loadtest.server import ServerError, check_loopback, served
 
@@ -129,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, str(error))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.output}")
+    args.output.with_suffix(".md").write_text(markdown(report))
+    print(f"wrote {args.output} and {args.output.with_suffix('.md')}")
     return 0
 
 

@@ -20,6 +20,9 @@ def test_every_calibrated_n_and_the_off_grid_ones_are_judged(server, tmp_path, c
         assert set(row["shifted"]) == {"gaussian_noise", "inverted"}
     assert rows[1]["novelty_fraction"] == 0.0  # one sample has no mutual information
     assert "N=   8: error among unflagged" in capsys.readouterr().out
+    table = output.with_suffix(".md").read_text().splitlines()
+    assert len(table) == 2 + len(rows) and table[2].startswith("| 1 | 1 |")
+    assert "| *3* | 1 |" in table[3]
 
 
 def test_only_loopback_hosts(capsys):
