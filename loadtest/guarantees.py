@@ -95,6 +95,8 @@ def check(host: str, args: argparse.Namespace) -> dict[str, Any]:
             row = {"n_samples": n_samples,
                    "calibrated": n_samples in card["calibrated_n_samples"],
                    "calibrated_n_samples": test[0]["risk"]["calibrated_n_samples"],
+                   "novelty_calibrated_n_samples":
+                       test[0]["risk"]["novelty"]["calibrated_n_samples"],
                    **judged(test, dataset.y_test, card["class_names"]),
                    "shifted": {name: judged(predictions(client, images, n_samples, args.batch),
                                             None, card["class_names"])
@@ -116,12 +118,13 @@ def check(host: str, args: argparse.Namespace) -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown table, one row per N (off-grid N in italics)."""
     shifted = list(report["rows"][0]["shifted"])
-    header = ["N", "calibration N", "error among unflagged", "99% bound", "set coverage",
-              "novelty adds", "flagged", *(f"{name} flagged" for name in shifted)]
+    header = ["N", "calibration N", "novelty's N", "error among unflagged", "99% bound",
+              "set coverage", "novelty adds", "flagged", *(f"{name} flagged" for name in shifted)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in report["rows"]:
         n = str(row["n_samples"]) if row["calibrated"] else f"*{row['n_samples']}*"
-        cells = [n, str(row["calibrated_n_samples"]), f"{row['selective_error']:.4f}",
+        cells = [n, str(row["calibrated_n_samples"]), str(row["novelty_calibrated_n_samples"]),
+                 f"{row['selective_error']:.4f}",
                  f"{row['selective_error_upper_bound']:.4f}", f"{row['conformal_coverage']:.3f}",
                  f"{row['novelty_added_fraction']:.3f}", f"{row['flagged_fraction']:.3f}",
                  *(f"{row['shifted'][name]['flagged_fraction']:.3f}" for name in shifted)]
