@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -39,6 +39,15 @@ sample plays the part of that call here: such a layer draws one mask per
 sample, shared by every input of the request (its key is the same in every
 chunk, and the mask a function of the sample's number).
 
+``sample_keyed`` keys the masks per input row instead of per call: row ``i``'s
+masks are SplitMix64 streams of a key derived from ``row_seeds[i]`` (and the
+dropout application), counted by the row's sample number, so its samples are a
+pure function of ``x[i]`` and ``row_seeds[i]`` whatever else shares the call and
+however the rows are chunked. Offline scoring (``scoring/``) derives each row's
+seed from the run's seed and the row's id, so that any partitioning of a data set
+gives the same result. Masks shared by the inputs of a sample (a leading 1 in
+``noise_shape``) draw from ``seed`` alone, the same for every row of every call.
+
 Shapes: ``x`` is ``[batch, *input_shape]``; ``sample`` returns probabilities
 ``[n_samples, batch, classes]``; ``sample_ragged`` returns one
 ``[n_samples_i, classes]`` array per input row.
@@ -48,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Callable, Sequence
 
 import keras
@@ -79,6 +89,8 @@ _SAMPLED_CALLS = (
     keras.layers.SpatialDropout1D.call,  # shared by SpatialDropout2D and 3D
 )
 _UNSAMPLEABLE_LAYER_TYPES = (keras.layers.GaussianNoise, keras.layers.GaussianDropout)
+#: Guards the first compilation of an engine's ``sample_keyed`` programs.
+_KEYED_COMPILE_LOCK = threading.Lock()
 
 
 def configure_tensorflow_threads(intra_op_threads: int | None = None) -> None:
@@ -133,6 +145,38 @@ def _random_uint16_rows(key: tf.Tensor, row_ids: tf.Tensor, row_shape: tf.Tensor
     n_rows = tf.shape(row_ids)[:1]
     values = tf.reshape(tf.bitcast(_hashes(key, counters), tf.uint16), tf.concat([n_rows, [-1]], 0))
     return tf.reshape(values[:, :row_size], tf.concat([n_rows, row_shape], 0))
+
+
+def _random_uint16_keyed_rows(
+    row_keys: tf.Tensor, row_counters: tf.Tensor, row_shape: tf.Tensor
+) -> tf.Tensor:
+    """Uniform uint16 values ``[R, *row_shape]`` in which row ``r`` is a pure function of
+    its own key ``row_keys[r]`` (uint64) and counter ``row_counters[r]`` (int32): the
+    words ``splitmix64(key + (counter * words_per_row + j + 1) * gamma)``, ``j`` from 0.
+    With every key equal this is ``_random_uint16_rows`` of the counters."""
+    row_size = tf.reduce_prod(row_shape)
+    words_per_row = tf.cast((row_size + 3) // 4, tf.int64)
+    counters = (  # [rows, words_per_row]
+        tf.cast(row_counters, tf.int64)[:, None] * words_per_row
+        + tf.range(1, words_per_row + 1, dtype=tf.int64)
+    )
+    n_rows = tf.shape(row_counters)[:1]
+    hashes = _splitmix64(
+        row_keys[:, None] + tf.cast(counters, tf.uint64) * tf.constant(_SPLITMIX_GAMMA, tf.uint64)
+    )
+    values = tf.reshape(tf.bitcast(hashes, tf.uint16), tf.concat([n_rows, [-1]], 0))
+    return tf.reshape(values[:, :row_size], tf.concat([n_rows, row_shape], 0))
+
+
+def splitmix64_numpy(state: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on a uint64 array (wrapping), as ``_splitmix64`` in TensorFlow."""
+    state = np.asarray(state, dtype=np.uint64)
+    first, second, third = (np.uint64(s) for s in _SPLITMIX_SHIFTS)
+    multiplier_1, multiplier_2 = (np.uint64(m) for m in _SPLITMIX_MULTIPLIERS)
+    with np.errstate(over="ignore"):
+        state = (state ^ (state >> first)) * multiplier_1
+        state = (state ^ (state >> second)) * multiplier_2
+        return state ^ (state >> third)
 
 
 def _threshold(rate: float) -> int:
@@ -207,6 +251,25 @@ class DropoutMask:
                 f"dropout {self.layer_name!r} draws one mask per sample: it needs sample_index"
             )
         return _random_uint16_rows(key, sample_index, tf.stack(mask_shape))
+
+
+class _RowKeyedDropoutMask(DropoutMask):
+    """A DropoutMask whose ``key`` is one uint64 key per row ``[R]``: row ``r``'s mask is
+    drawn from its key, counted by its sample number ``sample_index[r]`` (``sample_keyed``)."""
+
+    @classmethod
+    def of(cls, mask: DropoutMask) -> _RowKeyedDropoutMask:
+        return cls(**{field.name: getattr(mask, field.name) for field in dataclasses.fields(mask)})
+
+    def _uniforms(
+        self, h_shape: tf.Tensor, key: tf.Tensor, sample_index: tf.Tensor | None
+    ) -> tf.Tensor:
+        if sample_index is None:
+            raise ValueError(f"dropout {self.layer_name!r} keyed per row needs sample_index")
+        mask_shape = [
+            1 if size == 1 else h_shape[axis + 1] for axis, size in enumerate(self.noise_shape)
+        ]
+        return _random_uint16_keyed_rows(key, sample_index, tf.stack(mask_shape))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -554,6 +617,128 @@ class MCEngine:
             _check_count(count, "n_samples_per_row")
         rows = self._run(x, counts.astype(np.int64), seed)
         return np.split(rows, np.cumsum(counts)[:-1])
+
+    def sample_keyed(
+        self, x: np.ndarray, n_samples: int, row_seeds: np.ndarray, seed: int = 0
+    ) -> np.ndarray:
+        """Probabilities ``[n_samples, batch, classes]`` for ``x`` ``[batch, *input_shape]``,
+        each row keyed by its own seed: row ``i``'s samples are a pure function of
+        ``x[i]``, ``row_seeds[i]`` (``[batch]``, uint64) and ``seed``, whichever rows share
+        the call and however it is chunked, and its first ``k`` samples do not depend on
+        ``n_samples``. ``seed`` (a non-negative integer) keys only the dropout layers that
+        draw one mask per sample for all inputs (a leading 1 in ``noise_shape``): every row
+        of every call with that seed shares them, as the rows of one request do in
+        ``sample``. Every call runs the matrix products in TensorFlow's oneDNN kernels, whose
+        result for a row does not depend on the call's other rows (tests check this)."""
+        _check_count(n_samples, "n_samples")
+        x = self._check_input(x)
+        input_keys = self.row_keys(row_seeds, seed, len(x))  # [batch, dropout steps]
+        counts = np.full(len(x), n_samples, dtype=np.int64)
+        rows = self._run_keyed(x, counts, input_keys)  # [batch * n_samples, classes]
+        return np.ascontiguousarray(
+            rows.reshape(len(x), n_samples, self.num_classes).transpose(1, 0, 2)
+        )
+
+    def row_keys(self, row_seeds: np.ndarray, seed: int, batch: int) -> np.ndarray:
+        """uint64 keys ``[batch, dropout steps]`` of ``sample_keyed``: per row and dropout
+        step ``splitmix64(splitmix64(row_seed) + (step + 1) * gamma)``; the steps whose
+        mask is shared by the inputs of a sample take keys drawn from ``seed``."""
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        seeds = np.asarray(row_seeds)
+        if seeds.shape != (batch,) or not np.issubdtype(seeds.dtype, np.integer):
+            raise ValueError(
+                f"row_seeds must hold one integer per row of x ({batch}), got shape "
+                f"{list(seeds.shape)} of {seeds.dtype}"
+            )
+        steps = np.arange(1, len(self._dropout_steps) + 1, dtype=np.uint64)
+        base = splitmix64_numpy(seeds.astype(np.uint64))
+        with np.errstate(over="ignore"):
+            keys = splitmix64_numpy(base[:, None] + steps[None, :] * np.uint64(_SPLITMIX_GAMMA))
+        shared = np.random.default_rng(seed).integers(
+            0, 2**64, size=len(steps), dtype=np.uint64
+        )
+        keys[:, self._shared_by_inputs] = shared[self._shared_by_inputs]
+        return keys
+
+    def _keyed_forward(self) -> tf.types.experimental.ConcreteFunction:
+        """The compiled call of ``sample_keyed``, built on first use: the split plan for
+        every call, whose per-row results do not depend on the call's row count (XLA's
+        fused dot programs change their accumulation order with the shape; TensorFlow's
+        oneDNN matrix products do not)."""
+        forward = getattr(self, "_keyed_split_forward", None)
+        if forward is None:
+            with _KEYED_COMPILE_LOCK:
+                forward = getattr(self, "_keyed_split_forward", None)
+                if forward is None:
+                    suffix = [
+                        _SuffixDropout(_RowKeyedDropoutMask.of(step.mask), step.key_index)
+                        if isinstance(step, _SuffixDropout) else step
+                        for step in self._suffix
+                    ]
+                    signature = [
+                        tf.TensorSpec([None, *self.input_shape], tf.float32),
+                        tf.TensorSpec([None], tf.int32),  # row_index [R]
+                        tf.TensorSpec([None, len(self._dropout_steps)], tf.uint64),  # [B, steps]
+                        tf.TensorSpec([None], tf.int32),  # sample_index [R]
+                    ]
+                    forward = _compiled(
+                        self._keyed_split_plan(suffix), input_signature=signature
+                    ).get_concrete_function()
+                    self._keyed_split_forward = forward
+        return forward
+
+    def _keyed_split_plan(self, suffix: Sequence[_SuffixStep]) -> _Plan:
+        """``_split_plan`` with per-row keys: x ``[B, ...]``, row_index ``[R]``, input_keys
+        ``[B, dropout steps]`` (each input row's keys), sample_index ``[R]``."""
+        first, rest = suffix[0], suffix[1:]  # the suffix starts with a dropout
+        expand_and_drop = _compiled(
+            lambda prefix_output, row_index, row_keys, sample_index: first(
+                tf.gather(prefix_output, row_index), row_keys, sample_index
+            ),
+            jit_compile=True,
+        )
+        dropout_programs = {
+            step.key_index: _compiled(step.__call__, jit_compile=True)
+            for step in rest
+            if isinstance(step, _SuffixDropout)
+        }
+        # in XLA: TensorFlow's own kernels log a fallback warning for uint64 on most CPUs
+        gather_keys = _compiled(
+            lambda input_keys, row_index: tf.transpose(tf.gather(input_keys, row_index)),
+            jit_compile=True,
+        )
+
+        def plan(x, row_index, input_keys, sample_index):
+            row_keys = gather_keys(input_keys, row_index)  # [steps, R]
+            h = expand_and_drop(self._prefix(x), row_index, row_keys, sample_index)
+            return _run_suffix(
+                h, rest,
+                lambda step, h: dropout_programs[step.key_index](h, row_keys, sample_index),
+            )
+
+        return plan
+
+    def _run_keyed(self, x: np.ndarray, counts: np.ndarray, input_keys: np.ndarray) -> np.ndarray:
+        """``_run`` with each input row's keys ``input_keys`` ``[batch, dropout steps]``."""
+        forward = self._keyed_forward()
+        owners = np.repeat(np.arange(len(x), dtype=np.int32), counts)
+        samples = _sample_numbers(counts)
+        outputs = []
+        for chunk in _plan_chunks(owners, self.max_rows_per_call):
+            rows = slice(chunk.start, chunk.stop)
+            inputs = x[chunk.first_input : chunk.last_input + 1]
+            keys = input_keys[chunk.first_input : chunk.last_input + 1]
+            padding = (1 << (len(inputs) - 1).bit_length()) - len(inputs)  # B to a power of 2
+            if padding:
+                inputs = np.concatenate([inputs, np.zeros((padding, *x.shape[1:]), np.float32)])
+                keys = np.concatenate([keys, np.zeros((padding, keys.shape[1]), np.uint64)])
+            arguments = (
+                inputs, _padded(owners[rows] - chunk.first_input), keys, _padded(samples[rows])
+            )
+            probabilities = forward(*(tf.constant(argument) for argument in arguments)).numpy()
+            outputs.append(probabilities[: chunk.stop - chunk.start])
+        return np.concatenate(outputs)
 
     def warm_up(self, n_samples: int, max_batch: int) -> None:
         """Compile now, not on first use, the programs that calls of up to

@@ -1,0 +1,48 @@
+"""uq-score --ray-address on a real local Ray cluster: the same bits as the local run."""
+
+import json
+import os
+
+import pytest
+
+from scoring.cli import main
+from scoring.output import SUMMARY
+from tests.scoring.conftest import digits_rows, scores, without_runner, write_images, write_npz
+
+pytestmark = [pytest.mark.ray,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.*")]
+
+
+def inputs(folder, kind: str) -> str:
+    if kind == "npz":  # read by the driver, shipped through the object store
+        return write_npz(folder / "rows.npz", digits_rows(40, seed=8),
+                         [f"scan-{i}" for i in range(40)], compressed=True)
+    photos = folder / "photos"  # read by Ray Data's reader on the workers
+    write_images(photos, digits_rows(6, seed=9))
+    (photos / "002.png").write_bytes(b"not an image")
+    return str(photos)
+
+
+def test_workers_cannot_reach_the_model_store(ray_cluster):
+    import ray
+
+    theirs = ray.get(ray.remote(lambda: os.environ["BENTOML_HOME"]).remote())
+    assert theirs != os.environ["BENTOML_HOME"]
+    assert not os.path.exists(os.path.join(theirs, "models"))
+
+
+@pytest.mark.parametrize("kind", ["npz", "images"])
+def test_ray_scores_equal_the_local_run_bit_for_bit(ray_cluster, classifier_tag, tmp_path,
+                                                    kind):
+    source = inputs(tmp_path, kind)
+    common = ["--model", classifier_tag, "--input", source, "--seed", "3", "--no-progress"]
+    assert main([*common, "--output", str(tmp_path / "local"), "--chunk-size", "16"]) == 0
+    assert main([*common, "--output", str(tmp_path / "ray"), "--ray-address", ray_cluster]) == 0
+    assert scores(tmp_path / "ray").equals(scores(tmp_path / "local"))
+    local, remote = (json.loads((tmp_path / run / SUMMARY).read_text())
+                     for run in ("local", "ray"))
+    assert without_runner(remote) == without_runner(local)
+    assert remote["runner"]["kind"] == "ray" and remote["runner"]["actors"] == 1
+    if kind == "images":
+        assert remote["unreadable"]["rows"] == [
+            {"id": "002.png", "error": "not a readable PNG or JPEG image"}]
