@@ -49,7 +49,9 @@ COPY uncertainty/ uncertainty/
 COPY artifacts/ artifacts/
 COPY service/ service/
 COPY training/ training/
-RUN pip install --no-deps .
+# the prediction log (bentoml.monitor) goes to monitoring/ under the working directory
+RUN pip install --no-deps . \
+    && install -d -o 10001 -g 10001 /app/monitoring
 
 ARG MODEL_DIR=build/model
 COPY --chown=10001:10001 ${MODEL_DIR}/ /tmp/models/

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, computed_field, model_validator
 
 from uncertainty.calibration import Calibration, for_n_samples
 from uncertainty.risk import RiskPolicy
+from uncertainty.sequential import AutoCalibration
 
 
 class ModelCard(BaseModel):
@@ -30,6 +31,9 @@ class ModelCard(BaseModel):
     conformal_alpha: float
     calibrations: list[Calibration]  # one per calibrated N, ascending
     training: dict[str, Any]  # the training configuration, for the record
+    #: n_samples "auto" (uncertainty.sequential): the procedure and its own calibration;
+    #: None for cards calibrated before it existed (uq-calibrate adds it)
+    auto_calibration: AutoCalibration | None = None
 
     @model_validator(mode="after")
     def _default_n_is_calibrated(self) -> ModelCard:

@@ -17,8 +17,8 @@ PREDICTION_FIELDS = tuple(name for name, field in Prediction.model_fields.items(
 RISK_FIELDS = tuple(name for name, field in Risk.model_fields.items() if field.is_required())
 
 
-def request_bodies(images: np.ndarray, path: str, n_samples: int) -> list[bytes]:
-    """One JSON body per image, encoded once up front."""
+def request_bodies(images: np.ndarray, path: str, n_samples: int | str) -> list[bytes]:
+    """One JSON body per image, encoded once up front (``n_samples`` may be "auto")."""
     if path == "/predict_batched":
         return [json.dumps({"items": [{"instance": image.tolist(), "n_samples": n_samples}]})
                 .encode() for image in images]

@@ -4,7 +4,7 @@ Configured by uq-loadtest through the environment:
 
 - ``UQ_LOADTEST_IMAGES``: a .npy file of images ``[n, *input_shape]``, raw pixels
 - ``UQ_LOADTEST_PATH``: ``/predict`` or ``/predict_batched``
-- ``UQ_LOADTEST_N_SAMPLES``: MC samples per request
+- ``UQ_LOADTEST_N_SAMPLES``: MC samples per request, or ``auto``
 
 Each user sends one image per request, back to back, and checks every response:
 a missing field or a non-200 status is a failure.
@@ -25,7 +25,7 @@ from loadtest.contract import missing_fields, request_bodies
 
 
 @functools.cache
-def shared_bodies(path: str, n_samples: int) -> list[bytes]:
+def shared_bodies(path: str, n_samples: int | str) -> list[bytes]:
     """The request bodies, encoded once per locust process rather than once per
     user (gevent runs one greenlet at a time: encoding holds up every user)."""
     return request_bodies(np.load(os.environ["UQ_LOADTEST_IMAGES"]), path, n_samples)
@@ -36,7 +36,8 @@ class PredictionUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.path = os.environ.get("UQ_LOADTEST_PATH", "/predict")
-        bodies = shared_bodies(self.path, int(os.environ.get("UQ_LOADTEST_N_SAMPLES", "30")))
+        n_samples = os.environ.get("UQ_LOADTEST_N_SAMPLES", "30")
+        bodies = shared_bodies(self.path, n_samples if n_samples == "auto" else int(n_samples))
         offset = id(self) % len(bodies)  # users start at different images
         self.bodies = itertools.cycle(bodies[offset:] + bodies[:offset])
 

@@ -2,7 +2,10 @@
 
 Rows: one per (path, n_samples) with locust's latency percentiles, throughput
 and failures, plus the quality figures of uq-evaluate's evaluation.json for the
-same N when one is given.
+same N when one is given. A row for ``n_samples: "auto"`` (the adaptive sample
+count) takes the evaluation's "auto" row, stands in the plot at the mean N its
+predictions used, and is set beside the fixed N rather than among them in the
+recommendation.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from training.evaluation import ACCURACY_TOLERANCE, NLL_TOLERANCE, near_best  # noqa: E402
 
 LOAD_COLUMNS = ("path", "n_samples", "users", "requests", "p50_ms", "p95_ms", "p99_ms", "rps",
-                "failures")
+                "failures", "mean_n_samples")
+AUTO = "auto"
 QUALITY_COLUMNS = ("accuracy", "nll", "ece", "brier", "estimator_error", "flagged_fraction",
                    "selective_error")
 
@@ -30,6 +34,8 @@ def merge_quality(rows: list[dict[str, Any]], evaluation: dict[str, Any] | None)
     if evaluation is None:
         return
     by_n = {row["n_samples"]: row for row in evaluation["by_n_samples"]}
+    if evaluation.get("auto"):
+        by_n[AUTO] = evaluation["auto"]
     for row in rows:
         quality = by_n.get(row["n_samples"])
         if quality:
@@ -53,7 +59,8 @@ def recommend(
     quality_by_n = {row["n_samples"]: row for row in quality}
     advice: dict[str, dict[str, Any]] = {}
     for path in paths:
-        candidates = sorted((r for r in rows if r["path"] == path), key=lambda r: r["n_samples"])
+        candidates = sorted((r for r in rows if r["path"] == path and r["n_samples"] != AUTO),
+                            key=lambda r: r["n_samples"])
         good_enough = [r for r in candidates if r["n_samples"] in quality_by_n
                        and near_best(quality_by_n[r["n_samples"]], quality)]
         fitting = [r for r in good_enough if r["p95_ms"] <= latency_budget_ms]
@@ -85,10 +92,12 @@ def write_markdown(rows: list[dict[str, Any]], advice: dict[str, dict[str, Any]]
                    latency_budget_ms: float, path: Path) -> None:
     quality = [c for c in ("accuracy", "nll", "ece", "estimator_error")
                if any(c in r for r in rows)]
-    header = ["path", "N", "users", "p50 ms", "p95 ms", "p99 ms", "req/s", "failures", *quality]
+    header = ["path", "N", "mean N", "users", "p50 ms", "p95 ms", "p99 ms", "req/s", "failures",
+              *quality]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["path"], row["n_samples"], row["users"], f"{row['p50_ms']:.0f}",
+        mean_n = f"{row['mean_n_samples']:.2f}" if "mean_n_samples" in row else ""
+        cells = [row["path"], row["n_samples"], mean_n, row["users"], f"{row['p50_ms']:.0f}",
                  f"{row['p95_ms']:.0f}", f"{row['p99_ms']:.0f}", f"{row['rps']:.1f}",
                  row["failures"]]
         cells += [f"{row[c]:.4f}" if c in row else "" for c in quality]
@@ -103,7 +112,27 @@ def write_markdown(rows: list[dict[str, Any]], advice: dict[str, dict[str, Any]]
                          f"NLL {choice['nll']:.4f})")
         else:
             lines.append(f"- `{api_path}`: no N fits: {choice['reason']}")
+    lines += auto_lines(rows)
     path.write_text("\n".join(lines) + "\n")
+
+
+def auto_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per path with an "auto" row: the N its predictions used, and its throughput
+    against each fixed N swept on that path."""
+    lines = []
+    for row in rows:
+        if row["n_samples"] != AUTO:
+            continue
+        fixed = [r for r in rows if r["path"] == row["path"] and r["n_samples"] != AUTO]
+        used = (f"mean N {row['mean_n_samples']:.2f}, " if "mean_n_samples" in row else "")
+        shares = row.get("n_samples_shares") or {}
+        spread = ("; predictions by N (histogram bucket: share): " + ", ".join(
+            f"<= {bound}: {share:.0%}" for bound, share in shares.items()) if shares else "")
+        ratios = ", ".join(f"{row['rps'] / r['rps']:.2f}x N={r['n_samples']}" for r in fixed
+                           if r["rps"] > 0)
+        lines.append(f"- `{row['path']}` auto: {used}{row['rps']:.1f} req/s"
+                     + (f" ({ratios})" if ratios else "") + spread)
+    return ["", 'n_samples "auto" (the adaptive sample count):', "", *lines] if lines else []
 
 
 def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -114,7 +143,14 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
     paths = dict.fromkeys(row["path"] for row in rows)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for api_path, color in zip(paths, colors, strict=False):  # more colours than paths
-        mine = sorted((r for r in rows if r["path"] == api_path), key=lambda r: r["n_samples"])
+        for auto in (r for r in rows if r["path"] == api_path and r["n_samples"] == AUTO
+                     and "mean_n_samples" in r):  # a star at the mean N it used
+            axes[0].plot([auto["mean_n_samples"]], [auto["p95_ms"]], marker="*", markersize=12,
+                         color=color, linestyle="none", label=f"{api_path} auto p95")
+            axes[1].plot([auto["mean_n_samples"]], [auto["rps"]], marker="*", markersize=12,
+                         color=color, linestyle="none", label=f"{api_path} auto")
+        mine = sorted((r for r in rows if r["path"] == api_path and r["n_samples"] != AUTO),
+                      key=lambda r: r["n_samples"])
         n_values = [r["n_samples"] for r in mine]
         axes[0].plot(n_values, [r["p95_ms"] for r in mine], marker="o", color=color,
                      label=f"{api_path} p95")
@@ -124,9 +160,13 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
     axes[0].set(xlabel="MC samples N", ylabel="ms", title="Latency")
     axes[1].set(xlabel="MC samples N", ylabel="requests / s", title="Throughput")
     by_n = {r["n_samples"]: r for r in rows if "accuracy" in r}
+    auto = by_n.pop(AUTO, None)
     n_quality = sorted(by_n)
     for axis, column in zip(axes[2:], quality, strict=True):
         axis.plot(n_quality, [by_n[n][column] for n in n_quality], marker="o", color="black")
+        if auto is not None and "mean_n_samples" in auto:
+            axis.plot([auto["mean_n_samples"]], [auto[column]], marker="*", markersize=12,
+                      color="tab:red", linestyle="none", label="auto")
         axis.set(xlabel="MC samples N", title=column)
     for axis in axes:
         axis.set_xscale("log")

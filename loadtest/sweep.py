@@ -3,13 +3,17 @@
     uq-loadtest --host http://127.0.0.1:3000 --samples 1,10,30 --duration 30 --users 32 \\
         --evaluation reports/evaluate/evaluation.json --output-dir reports/loadtest
     uq-loadtest --serve --samples 1,10,30     # starts the service itself, then stops it
+    uq-loadtest --serve --samples 10,50,auto  # "auto": the adaptive sample count
 
 For each path (/predict, /predict_batched) and each N, locust runs headless for
 ``--duration`` seconds with ``--users`` users posting real test images of the
 served model's dataset. The report (tradeoff.csv, tradeoff.md, tradeoff.png)
 puts latency and throughput beside uq-evaluate's quality figures for the same
 N, and recommends the smallest N whose quality is within tolerance of the best
-and whose p95 fits ``--latency-budget-ms``. Only loopback hosts are accepted.
+and whose p95 fits ``--latency-budget-ms``. ``auto`` in ``--samples`` adds a row for
+``n_samples: "auto"``, with the mean N its predictions used during the run (from the
+service's ``uq_n_samples`` histogram; every row has it). Only loopback hosts are
+accepted.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import numpy as np
 from loadtest.server import ServerError, check_loopback, served
 from training.cli import OneLineErrorParser, fail, sample_counts
 
+AUTO = "auto"
+
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PATHS = ("/predict", "/predict_batched")
 MAX_USERS = 256
@@ -51,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start `bentoml serve` on a free loopback port for the run")
     parser.add_argument("--model", default="uq-classifier:latest",
                         help="tag to serve with --serve (default: %(default)s)")
-    parser.add_argument("--samples", type=sample_counts, default=(1, 10, 30),
-                        help="comma-separated N to sweep (default: 1,10,30)")
+    parser.add_argument("--samples", type=counts_or_auto, default=(1, 10, 30),
+                        help='comma-separated N to sweep, and "auto" for the adaptive sample '
+                        "count (default: 1,10,30)")
     parser.add_argument("--paths", default=",".join(PATHS),
                         help="comma-separated API paths to sweep (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=30.0,
@@ -66,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, default=Path("reports/loadtest"),
                         help="where the tradeoff files go (default: %(default)s)")
     return parser
+
+
+def counts_or_auto(text: str) -> tuple[int | str, ...]:
+    """``--samples``: sample counts as training.cli.sample_counts, and "auto" (last)."""
+    parts = text.split(",")
+    counts = [part for part in parts if part.strip() != AUTO]
+    return ((sample_counts(",".join(counts)) if counts else ())
+            + ((AUTO,) if len(counts) < len(parts) else ()))
 
 
 def check_arguments(args: argparse.Namespace) -> tuple[str, ...]:
@@ -112,8 +127,10 @@ def run_locust(host: str, path: str, n_samples: int, users: int, duration: float
                "--host", host, "-u", str(users), "-r", str(users), "-t", f"{duration:g}s",
                "--csv", str(prefix), "--only-summary", "--reset-stats", "--stop-timeout", "5",
                "--loglevel", "WARNING"]
+    before = n_samples_histogram(host)
     result = subprocess.run(command, env=env, capture_output=True, text=True,
                             timeout=duration + 120)
+    used = histogram_change(before, n_samples_histogram(host))
     stats_path = Path(f"{prefix}_stats.csv")
     if not stats_path.is_file():
         raise LoadTestError(f"locust wrote no statistics: {result.stderr.strip()[-300:]}")
@@ -127,7 +144,44 @@ def run_locust(host: str, path: str, n_samples: int, users: int, duration: float
         "p50_ms": float(stats["50%"]), "p95_ms": float(stats["95%"]),
         "p99_ms": float(stats["99%"]), "rps": float(stats["Requests/s"]),
         "failures": int(stats["Failure Count"]),
+        **used,
     }
+
+
+def n_samples_histogram(host: str) -> dict[str, float]:
+    """The service's ``uq_n_samples`` histogram (samples per prediction): its count, sum
+    and cumulative buckets by upper bound, from /metrics; empty when it cannot be read."""
+    try:
+        with urllib.request.urlopen(f"{host.rstrip('/')}/metrics", timeout=30) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return {}
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("uq_n_samples_count", "uq_n_samples_sum", "uq_n_samples_bucket")):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def histogram_change(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """What the predictions of one run used: ``mean_n_samples`` and, per histogram bucket
+    that holds any (by its upper bound), the share of predictions in it: N above the
+    bucket below, up to this bound."""
+    count = after.get("uq_n_samples_count", 0.0) - before.get("uq_n_samples_count", 0.0)
+    if count <= 0:
+        return {}
+    total = after.get("uq_n_samples_sum", 0.0) - before.get("uq_n_samples_sum", 0.0)
+    cumulative = sorted(
+        (float(name.split('le="')[1].split('"')[0]), (value - before.get(name, 0.0)) / count)
+        for name, value in after.items()
+        if name.startswith("uq_n_samples_bucket") and 'le="+Inf"' not in name)
+    shares, below = {}, 0.0
+    for bound, share in cumulative:
+        if share - below > 0:
+            shares[f"{bound:g}"] = share - below
+        below = share
+    return {"mean_n_samples": total / count, "n_samples_shares": shares}
 
 
 def sweep(host: str, args: argparse.Namespace, paths: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -145,7 +199,9 @@ def sweep(host: str, args: argparse.Namespace, paths: tuple[str, ...]) -> list[d
                                  image_path, Path(work))
                 print(f"{path} N={n_samples}: {row['rps']:.1f} req/s, p50 {row['p50_ms']:.0f} ms,"
                       f" p95 {row['p95_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
-                      f"{row['failures']} failures", flush=True)
+                      f"{row['failures']} failures"
+                      + (f", mean N {row['mean_n_samples']:.2f}" if n_samples == AUTO
+                         and "mean_n_samples" in row else ""), flush=True)
                 rows.append(row)
     return rows
 

@@ -1,16 +1,24 @@
 """Prometheus metrics, all prefixed ``uq_``; BentoML serves them at /metrics, beside
 its own ``bentoml_service_*`` request counts and durations. The routes record
-them around each predictor call (:func:`observe_predictions`)."""
+them around each predictor call (:func:`observe_predictions`), which also hands
+the predictions to the observer the service sets (service/monitoring.py: drift
+and the prediction log). Gauges keep the largest value of the live worker
+processes (``livemax``): Prometheus's multiprocess mode, which BentoML uses."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from service.schemas import Prediction
+
+    Observer = Callable[[str, Sequence[Prediction], float, Sequence[str | None] | None,
+                         np.ndarray | None], Any]
 
 REQUESTS = Counter(
     "uq_requests", "HTTP requests by endpoint and outcome (ok, client_error, server_error)",
@@ -40,10 +48,63 @@ RISK_SCORE = Histogram(
     "uq_risk_score", "Risk score of each prediction, by metric", ["metric"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
 )
+OVERLOADED = Counter(
+    "uq_overloaded_requests", "Requests refused for overload (429, or 503 when adaptive "
+    "batching sheds load), by endpoint", ["endpoint"],
+)
+FEEDBACK = Counter(
+    "uq_feedback", "Late labels counted (POST /feedback), by whether the prediction was "
+    "correct, its flag reasons (none, error_risk, novelty, error_risk+novelty) and whether "
+    "its conformal set covered the label", ["correct", "reasons", "covered"],
+)
+FEEDBACK_REJECTED = Counter(
+    "uq_feedback_rejected", "Feedback items refused, by problem (malformed, forged, "
+    "other_model, expired, too_old, duplicate, unknown_label)", ["problem"],
+)
+DRIFT_SCORE = Gauge(
+    "uq_drift_score", "Drift statistic of an uncertainty score over the last window of "
+    "predictions (chi-square against the calibration split; alarm above uq_drift_threshold)",
+    ["score"], multiprocess_mode="livemax",
+)
+DRIFT_THRESHOLD = Gauge(
+    "uq_drift_threshold", "The drift statistic above which the alarm is on",
+    multiprocess_mode="livemax",
+)
+DRIFT_ALARM = Gauge(
+    "uq_drift_alarm", "1 while the drift detector sees the uncertainty scores drift from the "
+    "calibration split, else 0", multiprocess_mode="livemax",
+)
+DRIFT_ALARMS = Counter("uq_drift_alarms", "Times the drift alarm came on")
+RISK_TARGET_ERROR = Gauge(
+    "uq_risk_target_error", "The card's target for the error among predictions not flagged "
+    "for error risk",
+    multiprocess_mode="livemax",
+)
+CONFORMAL_TARGET_COVERAGE = Gauge(
+    "uq_conformal_target_coverage", "The card's conformal coverage target (1 - alpha)",
+    multiprocess_mode="livemax",
+)
+MONITORING_DROPPED = Counter(
+    "uq_monitoring_dropped", "Predictions neither the drift detector nor the prediction log "
+    "saw: the monitoring queue was full",
+)
+
+_observer: Observer | None = None
 
 
-def observe_predictions(endpoint: str, predictions: Sequence[Prediction], seconds: float) -> None:
-    """One predictor call of ``seconds``: its predictions, flags, scores and sample counts."""
+def set_observer(observer: Observer | None) -> None:
+    """The callable that every observe_predictions call hands its predictions to."""
+    global _observer
+    _observer = observer
+
+
+def observe_predictions(
+    endpoint: str, predictions: Sequence[Prediction], seconds: float, *,
+    request_ids: Sequence[str | None] | None = None, inputs: np.ndarray | None = None,
+) -> None:
+    """One predictor call of ``seconds``: its predictions, flags, scores and sample counts.
+    The observer gets them too, with each prediction's request id (default: the current
+    request's) and, when given, the inputs ``[batch, *input_shape]``."""
     ENGINE_SECONDS.observe(seconds)
     PREDICTIONS.labels(endpoint).inc(len(predictions))
     FLAGGED.labels(endpoint).inc(sum(p.risk.flagged for p in predictions))
@@ -54,3 +115,5 @@ def observe_predictions(endpoint: str, predictions: Sequence[Prediction], second
     for prediction in predictions:
         RISK_SCORE.labels(prediction.risk.metric).observe(prediction.risk.score)
         N_SAMPLES.observe(prediction.n_samples)
+    if _observer is not None:
+        _observer(endpoint, predictions, seconds, request_ids, inputs)

@@ -1,5 +1,8 @@
-"""ASGI middleware in front of every route: readiness, body limits, content types,
-error shape and request counts.
+"""ASGI middleware in front of every route: request ids, readiness, body limits,
+content types, error shape and request counts.
+
+- Every response but the probes' carries ``X-Request-ID``: the caller's, or a new
+  one (service/request_ids.py), which the routes also put in their bodies.
 
 - API routes answer 503 until the worker has loaded the model.
 - Bodies over ``max_body_bytes`` get 413 before anything parses them.
@@ -18,14 +21,14 @@ from typing import Any
 
 import bentoml
 
-from service import metrics
+from service import metrics, request_ids
 from service.adapter import SHED_STATUS, error_message, form_problem
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-JSON_ROUTES = ("/predict", "/predict_batched", "/metadata", "/generate")
+JSON_ROUTES = ("/predict", "/predict_batched", "/metadata", "/generate", "/feedback", "/drift")
 PROBE_ROUTES = ("/livez", "/readyz", "/healthz", "/metrics")
 #: The Open Inference Protocol app (service/oip.py) checks and shapes its own requests.
 OWN_CHECKS_PREFIX = "/v2"
@@ -40,17 +43,29 @@ class ServiceMiddleware:
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         path = scope.get("path")
-        if scope["type"] != "http" or path in PROBE_ROUTES or path.startswith(OWN_CHECKS_PREFIX):
+        if scope["type"] != "http" or path in PROBE_ROUTES:
             await self.app(scope, receive, send)
             return
-        responder = _Responder(send)
-        if path not in JSON_ROUTES + MULTIPART_ROUTES:  # /docs.json, unknown paths (404)
-            await self.app(scope, receive, responder)
-            return
+        request_id = request_ids.from_headers(scope.get("headers") or [])
+        context = request_ids.set_current(request_id)
+        send = _with_request_id(send, request_id.encode())
         try:
-            await self._handle(scope, receive, responder, path)
+            if path.startswith(OWN_CHECKS_PREFIX):
+                await self.app(scope, receive, send)
+                return
+            responder = _Responder(send)
+            if path not in JSON_ROUTES + MULTIPART_ROUTES:  # /docs.json, unknown paths (404)
+                await self.app(scope, receive, responder)
+                return
+            try:
+                await self._handle(scope, receive, responder, path)
+            finally:
+                endpoint = path.lstrip("/")
+                metrics.REQUESTS.labels(endpoint, responder.outcome).inc()
+                if responder.overloaded:
+                    metrics.OVERLOADED.labels(endpoint).inc()
         finally:
-            metrics.REQUESTS.labels(path.lstrip("/"), responder.outcome).inc()
+            request_ids.reset_current(context)
 
     async def _handle(
         self, scope: dict, receive: Receive, responder: _Responder, path: str
@@ -102,6 +117,18 @@ class ServiceMiddleware:
         return None
 
 
+def _with_request_id(send: Send, request_id: bytes) -> Send:
+    """``send`` with the X-Request-ID header added to the response start."""
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()),
+                                               (b"x-request-id", request_id)]}
+        await send(message)
+
+    return send_with_id
+
+
 def _replay(body: bytes, receive: Receive) -> Receive:
     sent = False
 
@@ -127,11 +154,13 @@ class _Responder:
     def __init__(self, send: Send) -> None:
         self.send = send
         self.outcome = "ok"
+        self.overloaded = False  # 429, or BentoML's 503 for shed load
         self.start: Message | None = None  # a held-back 4xx or 503 start
         self.chunks: list[bytes] = []
 
     async def error(self, status: int, message: str) -> None:
         self.outcome = "server_error" if status >= 500 else "client_error"
+        self.overloaded = status == 429
         await send_error(self.send, status, message)
 
     async def __call__(self, message: Message) -> None:
@@ -139,6 +168,7 @@ class _Responder:
             status = message["status"]
             self.outcome = ("server_error" if status >= 500 else
                             "client_error" if status >= 400 else "ok")
+            self.overloaded = status in (429, SHED_STATUS)
             if 400 <= status < 500 or status == SHED_STATUS:
                 self.start = message
                 return

@@ -2,7 +2,8 @@
 
 Data path: x ``[batch, *input_shape]`` -> engine samples ``[n_samples, batch,
 classes]`` -> summary -> risk flag and conformal set -> one ``Prediction`` per
-row. The route resolves N and records metrics; this module only computes.
+row, each with a signed feedback token when the predictor has a signer. The route
+resolves N and records metrics; this module only computes.
 """
 
 from __future__ import annotations
@@ -15,25 +16,34 @@ import numpy as np
 
 from artifacts.cards import ModelCard
 from artifacts.store import load_classifier
+from service.feedback import Signer, reason_bits
 from service.inputs import InputSpec
 from service.schemas import Prediction
 from uncertainty.calibration import decide
 from uncertainty.engine import MCEngine, configure_tensorflow_threads
+from uncertainty.sequential import AUTO, AutoCalibration, sample_sequential
 from uncertainty.summary import UncertaintySummary, summarize
 
 logger = logging.getLogger(__name__)
 
 
 class Predictor:
-    def __init__(self, engine: MCEngine, card: ModelCard, tag: str, default_samples: int) -> None:
+    def __init__(self, engine: MCEngine, card: ModelCard, tag: str, default_samples: int,
+                 signer: Signer | None = None) -> None:
         self.engine = engine
         self.card = card
         self.tag = tag
-        self.default_samples = default_samples
+        #: n_samples of a request without one: an int or "auto" (UQ_DEFAULT_SAMPLES)
+        self.default_request_samples = default_samples
+        #: the default fixed N (the card's when the default is "auto")
+        self.default_samples = (card.default_n_samples if default_samples == AUTO
+                                else default_samples)
         self.spec = InputSpec(tuple(card.input_shape), tuple(card.value_range))
+        self.signer = signer
 
     @classmethod
-    def load(cls, model_ref, default_samples: int | None, warm_up_batch: int) -> Predictor:
+    def load(cls, model_ref, default_samples: int | str | None, warm_up_batch: int
+             ) -> Predictor:
         """Load model and card, build the engine, compile the usual programs."""
         started = time.perf_counter()
         configure_tensorflow_threads()
@@ -43,12 +53,29 @@ class Predictor:
         logger.info("loaded %s in %.1f s", tag, time.perf_counter() - started)
         return predictor
 
+    @property
+    def auto(self) -> AutoCalibration | None:
+        """n_samples "auto": the procedure and its calibration, or None."""
+        return self.card.auto_calibration
+
+    def expected_rows(self, batch: int, n_samples: int | str) -> float:
+        """Engine rows a call of ``batch`` inputs is expected to draw ("auto": as on the
+        calibration split)."""
+        return batch * (self.auto.mean_n_samples if n_samples == AUTO else n_samples)
+
+    def most_samples(self, n_samples: int | str) -> int:
+        """The most samples one prediction with ``n_samples`` may draw."""
+        return self.auto.max_samples if n_samples == AUTO else n_samples
+
     def predict(
-        self, x: np.ndarray, *, n_samples: int, seed: int | None = None,
+        self, x: np.ndarray, *, n_samples: int | str, seed: int | None = None,
         risk_threshold: float | None = None, return_samples: bool = False,
     ) -> list[Prediction]:
         """One prediction per row of ``x`` ``[batch, *input_shape]``; with
-        ``return_samples``, each carries its samples ``[n_samples, classes]``."""
+        ``return_samples``, each carries its samples ``[n_samples, classes]``.
+        ``n_samples`` "auto": each row draws the samples its decision needs."""
+        if n_samples == AUTO:
+            return self._predict_auto(x, seed, risk_threshold, return_samples)
         samples = self.engine.sample(x, n_samples, seed)  # [n_samples, batch, classes]
         predictions = self._predictions(summarize(samples), n_samples, risk_threshold)
         if return_samples:
@@ -56,8 +83,45 @@ class Predictor:
                 prediction.samples = samples[:, row].tolist()
         return predictions
 
-    def predict_ragged(self, x: np.ndarray, *, n_samples: list[int]) -> list[Prediction]:
-        """Row i of ``x`` with ``n_samples[i]`` samples, all in one engine pass."""
+    def _predict_auto(
+        self, x: np.ndarray, seed: int | None, risk_threshold: float | None,
+        return_samples: bool,
+    ) -> list[Prediction]:
+        """``predict`` with n_samples "auto" (uncertainty.sequential): rounds of samples,
+        each row stopped once its decision is settled; every prediction reports its own N,
+        all are judged by the calibration of "auto"."""
+        if self.auto is None:
+            raise ValueError('n_samples: "auto" needs a model card calibrated for it')
+        result = sample_sequential(self.engine, x, self.auto.rule(risk_threshold),
+                                   self.auto.schedule, seed)
+        predictions: list[Prediction | None] = [None] * len(x)
+        for count in np.unique(result.n_samples).tolist():  # rows with equal N share a call
+            rows = np.flatnonzero(result.n_samples == count)
+            part = UncertaintySummary(**{name: values[rows] for name, values
+                                         in vars(result.summary).items()})
+            for row, prediction in zip(
+                rows, self._predictions(part, count, risk_threshold, auto=True), strict=True
+            ):
+                if return_samples:
+                    prediction.samples = result.samples[row].tolist()
+                predictions[row] = prediction
+        return predictions
+
+    def predict_ragged(self, x: np.ndarray, *, n_samples: list[int | str]) -> list[Prediction]:
+        """Row i of ``x`` with ``n_samples[i]`` samples, all in one engine pass; the rows
+        with "auto" in rounds of their own."""
+        if AUTO in n_samples:
+            auto = [row for row, count in enumerate(n_samples) if count == AUTO]
+            fixed = [row for row, count in enumerate(n_samples) if count != AUTO]
+            predictions = [None] * len(n_samples)
+            parts = [(auto, self.predict(x[auto], n_samples=AUTO))]
+            if fixed:
+                parts.append((fixed, self.predict_ragged(
+                    x[fixed], n_samples=[n_samples[row] for row in fixed])))
+            for rows, answers in parts:
+                for row, prediction in zip(rows, answers, strict=True):
+                    predictions[row] = prediction
+            return predictions
         rows = self.engine.sample_ragged(x, n_samples)  # one [n_samples[i], classes] per row
         by_count: dict[int, list[int]] = defaultdict(list)
         for index, count in enumerate(n_samples):
@@ -72,13 +136,21 @@ class Predictor:
         return predictions
 
     def _predictions(
-        self, summary: UncertaintySummary, n_samples: int, risk_threshold: float | None
+        self, summary: UncertaintySummary, n_samples: int, risk_threshold: float | None,
+        auto: bool = False,
     ) -> list[Prediction]:
-        calibration = self.card.calibration_for(n_samples)
+        """Predictions of ``n_samples`` samples each; ``auto``: drawn by n_samples
+        "auto", whose own calibration applies."""
+        calibration = self.auto.calibration if auto else self.card.calibration_for(n_samples)
+        calibrated = AUTO if auto else calibration.n_samples
         decision = decide(summary, calibration, risk_threshold)
         metric, novelty_metric = calibration.risk_policy.metric, calibration.novelty_policy.metric
         novelty_threshold = calibration.novelty_policy.threshold
         names = self.card.class_names
+        tokens = (self.signer.issue(n_samples, summary.label,
+                                    reason_bits(decision.error_risk, decision.novel),
+                                    decision.prediction_sets)
+                  if self.signer else [None] * len(summary.label))
         return [
             Prediction.model_validate({
                 "n_samples": n_samples,
@@ -99,10 +171,12 @@ class Predictor:
                     "novelty": {"metric": novelty_metric,
                                 "score": float(decision.novelty_scores[row]),
                                 "threshold": novelty_threshold,
-                                "calibrated_n_samples": calibration.novelty_calibrated_n_samples},
-                    "calibrated_n_samples": calibration.n_samples,
+                                "calibrated_n_samples": AUTO if auto else
+                                calibration.novelty_calibrated_n_samples},
+                    "calibrated_n_samples": calibrated,
                 },
                 "prediction_set": [names[c] for c in np.flatnonzero(decision.prediction_sets[row])],
+                "feedback_token": tokens[row],
             })
             for row, label in enumerate(summary.label)
         ]

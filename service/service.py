@@ -5,7 +5,10 @@
 The model (``UQ_MODEL``, default ``uq-classifier:latest``) is loaded in the
 worker, in the background: TensorFlow is imported there, never in the CLI
 process, and ``/readyz`` answers 503 until the model is ready. Each route
-resolves N, calls the predictor and records metrics around the call.
+resolves N, calls the predictor and records metrics around the call; the
+metrics hand the predictions on to monitoring (drift, the prediction log:
+service/monitoring.py). Every prediction carries a feedback token that
+``/feedback`` redeems with a late label (service/feedback.py).
 """
 
 from __future__ import annotations
@@ -25,15 +28,18 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import Field
 
-from service import adapter, metrics
+from service import adapter, metrics, request_ids
+from service.feedback import Desk, Rejected, ReplayMemory, Signer
 from service.middleware import ServiceMiddleware
 from service.oip import create_app as create_oip_app
 from service.schemas import (
     MAX_RETURNED_SAMPLES,
     BatchItem,
+    FeedbackBody,
+    FeedbackResponse,
     GenerateRequest,
     GenerateResponse,
-    NSamples,
+    NSamplesOrAuto,
     Prediction,
     PredictRequest,
     PredictResponse,
@@ -56,7 +62,8 @@ REQUEST_TIMEOUT_SECONDS = 20
 #: Middle-generation collections between full ones (CPython's default is 10).
 FULL_COLLECTION_EVERY = 1000
 
-API_ROUTES = ("predict", "predict_batched", "predict_image", "metadata", "generate")
+API_ROUTES = ("predict", "predict_batched", "predict_image", "metadata", "generate",
+              "feedback", "drift")
 
 
 @bentoml.service(
@@ -75,6 +82,8 @@ class UQService:
     def __init__(self) -> None:
         self.predictor = None
         self.sampler = None
+        self.monitoring = None
+        self.feedback_desk = None
         adapter.keep_api_wrappers(self, API_ROUTES)
         threading.Thread(target=self._load, name="uq-model-loader", daemon=True).start()
 
@@ -92,8 +101,25 @@ class UQService:
         except Exception:
             logger.exception("could not load the models; /readyz stays 503")
             return
+        self._start_monitoring(predictor)
         _settle_garbage_collector()
         self.predictor = predictor
+
+    def _start_monitoring(self, predictor) -> None:
+        """Feedback tokens on every prediction, the desk that redeems them, drift and the
+        prediction log."""
+        from service.monitoring import Monitoring
+
+        key = settings.feedback_key.get_secret_value() if settings.feedback_key else None
+        card, max_age = predictor.card, settings.feedback_max_age_hours * 3600
+        predictor.signer = Signer(Signer.key_from(key), predictor.tag, len(card.class_names),
+                                  max_age)
+        self.feedback_desk = Desk(predictor.signer,
+                                  ReplayMemory(settings.feedback_replay_memory, max_age),
+                                  card.class_names)
+        self.monitoring = Monitoring(card, predictor.tag, log_predictions=settings.log_predictions,
+                                     log_inputs=settings.log_inputs)
+        metrics.set_observer(self.monitoring.observe)
 
     def __is_ready__(self) -> bool:
         return self.predictor is not None
@@ -103,7 +129,7 @@ class UQService:
         risk_threshold: float | None = None, return_samples: bool = False,
     ) -> list[Prediction]:
         """The predictor's answer for ``x`` ``[batch, *input_shape]``, with metrics."""
-        if return_samples and n_samples > MAX_RETURNED_SAMPLES:
+        if return_samples and self.predictor.most_samples(n_samples) > MAX_RETURNED_SAMPLES:
             raise adapter.BadRequest(
                 f"return_samples: at most {MAX_RETURNED_SAMPLES} samples can be returned, "
                 f"n_samples is {n_samples}"
@@ -113,7 +139,8 @@ class UQService:
             x, n_samples=n_samples, seed=seed, risk_threshold=risk_threshold,
             return_samples=return_samples,
         )
-        metrics.observe_predictions(endpoint, predictions, time.perf_counter() - started)
+        metrics.observe_predictions(endpoint, predictions, time.perf_counter() - started,
+                                    inputs=x)
         return predictions
 
     @bentoml.api(route="/predict")
@@ -121,17 +148,17 @@ class UQService:
     async def predict(self, request: PredictRequest, /) -> PredictResponse:
         """MC dropout predictions for a list of instances (raw pixels, flat or shaped)."""
         x = np.stack(request.instances)
-        n_samples = request.n_samples or self.predictor.default_samples
+        n_samples = request.n_samples or self.predictor.default_request_samples
         arguments = ("predict", x, n_samples, request.seed, request.risk_threshold,
                      request.return_samples)
         # a small call is cheaper on the event loop than handed to a thread and back;
         # a large one must not hold up the other requests
-        if len(x) * n_samples <= INLINE_ROWS:
+        if self.predictor.expected_rows(len(x), n_samples) <= INLINE_ROWS:
             predictions = self._predict(*arguments)
         else:
             predictions = await anyio.to_thread.run_sync(self._predict, *arguments)
-        return PredictResponse(model=self.predictor.tag, n_samples=n_samples,
-                               predictions=predictions)
+        return PredictResponse(request_id=request_ids.current_or_new(), model=self.predictor.tag,
+                               n_samples=n_samples, predictions=predictions)
 
     @bentoml.api(
         route="/predict_batched",
@@ -144,14 +171,15 @@ class UQService:
     ) -> list[Prediction]:
         """Adaptive batching: concurrent requests merge into one engine call, whatever
         their n_samples. Returns one prediction per item, in order."""
-        counts = [item.n_samples or self.predictor.default_samples for item in items]
+        counts = [item.n_samples or self.predictor.default_request_samples for item in items]
         started = time.perf_counter()
-        predictions = self.predictor.predict_ragged(
-            np.stack([item.instance for item in items]), n_samples=counts
-        )
+        x = np.stack([item.instance for item in items])
+        predictions = self.predictor.predict_ragged(x, n_samples=counts)
         metrics.BATCH_SIZE.observe(len(items))
-        metrics.observe_predictions("predict_batched", predictions,
-                                    time.perf_counter() - started)
+        metrics.observe_predictions(
+            "predict_batched", predictions, time.perf_counter() - started,
+            request_ids=[item._request_id for item in items], inputs=x,
+        )
         return predictions
 
     @bentoml.api(route="/predict_image")
@@ -159,7 +187,7 @@ class UQService:
     def predict_image(
         self,
         image: Annotated[Path, ContentType("image/*")],
-        n_samples: NSamples | None = None,
+        n_samples: NSamplesOrAuto | None = None,
         seed: Seed | None = None,
         return_samples: bool = False,
     ) -> PredictResponse:
@@ -170,11 +198,11 @@ class UQService:
             x = parse_image(str(image), self.predictor.spec)
         except ValueError as error:
             raise adapter.BadRequest(f"image: {error}") from None
-        n_samples = n_samples or self.predictor.default_samples
+        n_samples = n_samples or self.predictor.default_request_samples
         predictions = self._predict("predict_image", x[None], n_samples, seed,
                                     return_samples=return_samples)
-        return PredictResponse(model=self.predictor.tag, n_samples=n_samples,
-                               predictions=predictions)
+        return PredictResponse(request_id=request_ids.current_or_new(), model=self.predictor.tag,
+                               n_samples=n_samples, predictions=predictions)
 
     @bentoml.api(route="/generate")
     @adapter.answers_service_errors
@@ -186,10 +214,11 @@ class UQService:
                 "no generator is configured: set UQ_GENERATOR to a tag that uq-train-gan saved"
             )
         seed = request.seed if request.seed is not None else secrets.randbits(63)
-        n_samples = request.n_samples or self.predictor.default_samples
+        n_samples = request.n_samples or self.predictor.default_request_samples
         images = self.sampler.images(request.count, seed)  # [count, *input_shape]
         predictions = self._predict("generate", images, n_samples, seed)
         return GenerateResponse.model_validate({
+            "request_id": request_ids.current_or_new(),
             "generator": self.sampler.tag,
             "model": self.predictor.tag,
             "n_samples": n_samples,
@@ -209,12 +238,45 @@ class UQService:
         )
         card = self.predictor.card
         return {
+            "request_id": request_ids.current_or_new(),
             "model": self.predictor.tag,
             "calibrated_n_samples": card.calibrated_n_samples,
             **card.model_dump(mode="json"),
             "generator": generator,
             "service": settings.model_dump(),
+            "drift": self.monitoring.drift_state(),
         }
+
+    @bentoml.api(route="/feedback")
+    @adapter.answers_service_errors
+    async def feedback(self, body: FeedbackBody, /) -> FeedbackResponse:
+        """Late labels: ``{"token": <a prediction's feedback_token>, "label": <class index or
+        name>}``, or a list of them; all are counted, or none (4xx naming each problem)."""
+        try:
+            judged = self.feedback_desk.receive(body.root)
+        except Rejected as rejected:
+            for problem in rejected.problems:
+                metrics.FEEDBACK_REJECTED.labels(problem).inc()
+            return adapter.error_response(rejected.status, rejected.message)
+        for item in judged:
+            reasons = "+".join(item.content.reasons) or "none"
+            metrics.FEEDBACK.labels(str(item.correct).lower(), reasons,
+                                    str(item.covered).lower()).inc()
+        return FeedbackResponse(
+            request_id=request_ids.current_or_new(), model=self.predictor.tag,
+            accepted=len(judged),
+            results=[{"prediction_id": item.content.prediction_id,
+                      "n_samples": item.content.n_samples,
+                      "predicted_label": item.content.label, "label": item.label,
+                      "correct": item.correct, "covered": item.covered,
+                      "reasons": item.content.reasons} for item in judged],
+        )
+
+    @bentoml.api(route="/drift")
+    def drift(self) -> dict[str, Any]:
+        """The drift detector's state (also under "drift" in /metadata)."""
+        return {"request_id": request_ids.current_or_new(), "model": self.predictor.tag,
+                **self.monitoring.drift_state()}
 
 
 def _settle_garbage_collector() -> None:
@@ -230,11 +292,25 @@ def _settle_garbage_collector() -> None:
 
 def _check_served_card() -> None:
     """Stop start-up, in one line, when the card cannot be served as configured: a card
-    without per-N calibration, or a UQ_DEFAULT_SAMPLES it has no calibration for."""
+    without per-N calibration, a UQ_DEFAULT_SAMPLES it has no calibration for, or a
+    UQ_MAX_AUTO_SAMPLES other than the cap its "auto" was calibrated with."""
     from artifacts.store import read_card
 
     card = read_card(bentoml.models.get(settings.model))
-    if settings.default_samples and settings.default_samples not in card.calibrated_n_samples:
+    auto = card.auto_calibration
+    if settings.default_samples == "auto" and auto is None:
+        raise ValueError(
+            f'UQ_DEFAULT_SAMPLES=auto needs a card calibrated for "auto", and {settings.model}\'s '
+            f"is not: recalibrate with uq-calibrate --model {settings.model}"
+        )
+    if settings.max_auto_samples and settings.max_auto_samples != getattr(
+            auto, "max_samples", settings.max_auto_samples):
+        raise ValueError(
+            f"UQ_MAX_AUTO_SAMPLES={settings.max_auto_samples}, but the \"auto\" of "
+            f"{settings.model} was calibrated with at most {auto.max_samples} samples: unset it, "
+            f"or recalibrate with uq-calibrate --max-auto-samples {settings.max_auto_samples}"
+        )
+    if settings.default_samples not in (None, "auto", *card.calibrated_n_samples):
         raise ValueError(
             f"UQ_DEFAULT_SAMPLES={settings.default_samples} is not a calibrated N of "
             f"{settings.model} ({', '.join(map(str, card.calibrated_n_samples))}); pick one "

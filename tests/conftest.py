@@ -1,6 +1,7 @@
 """Shared test set-up: quiet TensorFlow, a private BentoML store, seeded Keras, the
 session's tiny classifier and the one real ``bentoml serve`` on loopback."""
 
+import json
 import os
 import tempfile
 import time
@@ -9,6 +10,11 @@ from pathlib import Path
 # before anything imports BentoML, prometheus_client or TensorFlow: they read these at import
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="uq-test-bentoml-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="uq-test-prometheus-")
+# the prediction log (bentoml.monitor) of the in-process and the real service, not in the
+# working directory as by default
+MONITORING_DIR = tempfile.mkdtemp(prefix="uq-test-monitoring-")
+os.environ["BENTOML_CONFIG_OVERRIDES"] = json.dumps(
+    {"services": {"UQService": {"monitoring": {"options": {"log_path": MONITORING_DIR}}}}})
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # the service reads its settings once, at import: set them before any test imports it
 SERVICE_ENV = {

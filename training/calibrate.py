@@ -32,6 +32,7 @@ from typing import Any
 from training.cli import OneLineErrorParser, fail, open_fraction, positive_integer, sample_counts
 from training.data import Dataset, DatasetError, load_dataset
 from uncertainty.calibration import DEFAULT_GRID, DEFAULT_NOVELTY_FALSE_ALARM_RATE
+from uncertainty.sequential import DEFAULT_MAX_AUTO_SAMPLES
 
 PROG = "uq-calibrate"
 
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--novelty-false-alarm-rate", type=open_fraction,
                         default=DEFAULT_NOVELTY_FALSE_ALARM_RATE,
                         help="share of in-distribution inputs flagged as novel "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-auto-samples", type=positive_integer,
+                        default=DEFAULT_MAX_AUTO_SAMPLES,
+                        help='most samples of n_samples "auto", calibrated as its own N '
                         "(default: %(default)s)")
     parser.add_argument("--validation-fraction", type=open_fraction,
                         help="share of the data's x_train that calibrates (default: the "
@@ -135,6 +140,9 @@ def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any]:
     from training.evaluation import evaluate_and_calibrate
     from uncertainty.calibration import calibration_grid
 
+    if args.max_auto_samples < 2:
+        raise ValueError(f"--max-auto-samples must be >= 2 (a standard error needs two "
+                         f"samples), got {args.max_auto_samples}")
     if args.model:
         model, stored, tag = stored_model(args.model)
         name = args.model_name or tag.split(":")[0]
@@ -166,6 +174,7 @@ def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any]:
         risk_target_error=options["risk_target_error"],
         conformal_alpha=options["conformal_alpha"],
         novelty_false_alarm_rate=args.novelty_false_alarm_rate, seed=options["seed"],
+        max_auto_samples=args.max_auto_samples,
     )
     card = ModelCard(
         dataset=dataset.name,
@@ -180,6 +189,7 @@ def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any]:
         conformal_alpha=options["conformal_alpha"],
         calibrations=evaluation.calibrations,
         training={**training, "calibrated_from": tag, "calibration_data": data},
+        auto_calibration=evaluation.auto_calibration,
     )
     return save_classifier(model, card, name), card
 
@@ -198,6 +208,15 @@ def calibration_table(card: Any) -> str:
             f"{calibration.n_samples:>5} {policy.metric:>22} {policy.threshold:>10.4g} "
             f"{policy.calibration_coverage:>13.3f} {calibration.conformal_quantile:>11.4f} "
             f"{calibration.novelty_policy.threshold:>17.4g}"
+        )
+    auto = card.auto_calibration
+    if auto is not None:
+        lines.append(
+            f"{'auto':>5} {auto.risk_policy.metric:>22} {auto.risk_policy.threshold:>10.4g} "
+            f"{auto.risk_policy.calibration_coverage:>13.3f} {auto.conformal_quantile:>11.4f} "
+            f"{auto.novelty_policy.threshold:>17.4g}  (mean N {auto.mean_n_samples:.1f} of "
+            f"at most {auto.max_samples}, stopping at the thresholds of N="
+            f"{auto.stopping_n_samples})"
         )
     mc = card.test_metrics["mc"]
     lines.append(

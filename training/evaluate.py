@@ -28,8 +28,14 @@ flags (and of those flagged as novel at all) against the stated false-alarm rate
 and the flagged fraction of each shifted set, by reason (training.ood, and
 generated images with ``--generator``).
 
+With a card calibrated for ``n_samples: "auto"``, an "auto" row beside the fixed N:
+the adaptive procedure as the service runs it, the mean and distribution of the N it
+used, its quality paired against every N, and its guarantees (training.evaluate_auto).
+
 Then the AUROC of every uncertainty score at telling test images from each shifted
-set at the default N. Writes evaluation.json and PNG plots.
+set at the default N. Writes evaluation.json and PNG plots. With ``--drift-replay``,
+the test split and then a shifted set stream through the service's drift detector
+(training.drift_replay): drift_replay.png and "drift_replay" in evaluation.json.
 """
 
 from __future__ import annotations
@@ -96,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as a shifted set (flagged fraction and uncertainty against real ones)")
     parser.add_argument("--generated-images", type=int, default=2000,
                         help="how many images the generator makes (default: %(default)s)")
+    parser.add_argument("--drift-replay", action="store_true",
+                        help="stream the test split, then a shifted set, through the drift "
+                        "detector at the default N and plot it (drift_replay.png)")
     return parser
 
 
@@ -150,11 +159,20 @@ def evaluate(model, card, dataset, *, samples, off_grid_samples, reference_sampl
             "deterministic": deterministic,
             "test_summary": test[default_n],
             "curves": risk_coverage_curves(test[default_n], y_test),
+            "shifted_summaries": {name: summaries[default_n]
+                                  for name, summaries in shifted.items() if name != "generated"},
         },
     }
     if generated is not None:
         report["generated"] = generated_report(card, generator_tag, test[default_n],
                                                shifted["generated"][default_n])
+    from training.evaluate_auto import auto_report
+
+    auto = auto_report(engine, card, x_test, y_test,
+                       {n: test_draw.quality[n] for n in quality_counts}, reference,
+                       shifted_inputs, seed, SEED_STRIDE)
+    if auto is not None:  # n_samples "auto", when the card is calibrated for it
+        report["auto"] = auto
     return report
 
 
@@ -311,6 +329,10 @@ def write_plots(report: dict[str, Any], labels: np.ndarray, output_dir: Path) ->
         operating_point=(at_default["coverage"], at_default["selective_error"]),
     )
     write_guarantees_plot(report, output_dir / "guarantees_vs_samples.png")
+    if "auto" in report:
+        from training.evaluate_auto import write_plot
+
+        write_plot(report, output_dir / "auto_vs_fixed.png")
 
 
 def write_guarantees_plot(report: dict[str, Any], path: Path) -> None:
@@ -355,6 +377,11 @@ def summary_table(report: dict[str, Any]) -> str:
             f"{_interval(row['accuracy_shortfall_interval']):>22} "
             f"{_interval(row['nll_excess_interval']):>22}{marker}"
         )
+    if "auto" in report:
+        from training import evaluate_auto
+
+        lines.append(evaluate_auto.table_line(report["auto"],
+                                              near_best(report["auto"], report["by_n_samples"])))
     deterministic = report["deterministic"]
     lines.append(f"{'det.':>5} {deterministic['accuracy']:>9.4f} {deterministic['nll']:>7.4f} "
                  f"{deterministic['brier']:>7.4f} {deterministic['ece']:>7.4f}")
@@ -365,6 +392,8 @@ def summary_table(report: dict[str, Any]) -> str:
                  f"{noise['best_accuracy_n_samples']} or {NLL_TOLERANCE} NLL above N="
                  f"{noise['best_nll_n_samples']}")
     lines += guarantees_table(report["guarantees"])
+    if "auto" in report:
+        lines += evaluate_auto.summary_lines(report["auto"])
     for name, aurocs in report["ood_auroc"].items():
         best = max(aurocs, key=aurocs.get)
         lines.append(f"OOD {name}: best score {best} AUROC {aurocs[best]:.3f} ("
@@ -454,9 +483,23 @@ def main(argv: list[str] | None = None) -> int:
     )}
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_plots(report, dataset.y_test, args.output_dir)
+    if args.drift_replay:
+        from training.drift_replay import replay
+
+        try:
+            report["drift_replay"] = replay(card, report["_plots"]["test_summary"],
+                                            report["_plots"]["shifted_summaries"],
+                                            args.output_dir, args.seed)
+        except ValueError as error:
+            return fail("uq-evaluate", str(error))
     del report["_plots"]
     (args.output_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     print(summary_table(report))
+    if "drift_replay" in report:
+        replayed = report["drift_replay"]
+        print(f"drift replay at N={replayed['n_samples']}: {replayed['false_alarms']} alarms "
+              f"over {replayed['test_rows']} test predictions; {replayed['shifted_set']}: alarm "
+              f"after {replayed['detection_delay']} predictions")
     print(f"wrote {args.output_dir / 'evaluation.json'} and plots")
     return 0
 

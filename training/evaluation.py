@@ -17,6 +17,16 @@ import numpy as np
 from uncertainty import metrics
 from uncertainty.calibration import Calibration, calibrate, decide, for_n_samples
 from uncertainty.risk import RISK_DELTA, error_upper_bound, risk_scores
+from uncertainty.sequential import (
+    DEFAULT_MAX_AUTO_SAMPLES,
+    FIRST_ROUND_SAMPLES,
+    AutoCalibration,
+    SequentialDraw,
+    StoppingRule,
+    calibrate_auto,
+    round_schedule,
+    sample_sequential,
+)
 from uncertainty.summary import UncertaintySummary, summarize
 
 if TYPE_CHECKING:
@@ -134,6 +144,54 @@ def calibrate_grid(
                   novelty_false_alarm_rate=novelty_false_alarm_rate)
         for n in grid
     ]
+
+
+#: Seed offsets of the adaptive procedure's runs, apart from calibrate_grid's and the
+#: test split's draws.
+AUTO_CALIBRATION_SEED_OFFSET = 3 * 10**6
+AUTO_TEST_SEED_OFFSET = 4 * 10**6
+
+
+def auto_draw(
+    engine: MCEngine, x: np.ndarray, rule: StoppingRule, schedule: Sequence[int], seed: int
+) -> SequentialDraw:
+    """The adaptive procedure (uncertainty.sequential) on a whole split ``x``, as the
+    service runs it, ROWS_PER_SAMPLING_BATCH rows at a time with mc_samples' seeds."""
+    parts = [
+        sample_sequential(engine, x[start : start + ROWS_PER_SAMPLING_BATCH], rule, schedule,
+                          seed=seed + index)
+        for index, start in enumerate(range(0, len(x), ROWS_PER_SAMPLING_BATCH))
+    ]
+    return SequentialDraw(
+        summary=concatenate_rows([part.summary for part in parts]),
+        n_samples=np.concatenate([part.n_samples for part in parts]),
+        samples=[row for part in parts for row in part.samples],
+        active_rows=[sum(rows) for rows in zip(*(  # per round, over the blocks
+            part.active_rows + [0] * (len(schedule) - len(part.active_rows))
+            for part in parts), strict=True)],
+    )
+
+
+def calibrate_auto_procedure(
+    engine: MCEngine, x: np.ndarray, y: np.ndarray, calibrations: Sequence[Calibration], *,
+    max_samples: int, target_error: float, conformal_alpha: float,
+    novelty_false_alarm_rate: float, seed: int,
+) -> tuple[AutoCalibration, SequentialDraw]:
+    """Calibrate ``n_samples: "auto"`` as its own N on the rows ``x``, ``y``: the
+    stopping rule stops against the calibration of the largest calibrated N up to
+    ``max_samples`` (``calibrations`` ascend in N), then the procedure runs on the rows
+    and its outputs fit the final policies (uncertainty.sequential.calibrate_auto).
+    Returns the calibration and the procedure's draw."""
+    stopping_calibration = for_n_samples(calibrations, max_samples)
+    stopping = StoppingRule.of(stopping_calibration)
+    schedule = round_schedule(min(FIRST_ROUND_SAMPLES, max_samples), max_samples)
+    result = auto_draw(engine, x, stopping, schedule, seed)
+    auto = calibrate_auto(
+        result, y, schedule=schedule, stopping=stopping,
+        stopping_n_samples=stopping_calibration.n_samples, target_error=target_error,
+        conformal_alpha=conformal_alpha, novelty_false_alarm_rate=novelty_false_alarm_rate,
+    )
+    return auto, result
 
 
 def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -290,6 +348,7 @@ class Evaluation:
     deterministic_probabilities: np.ndarray  # [n_test, classes]
     test_summary: UncertaintySummary  # at the default N
     test_labels: np.ndarray  # [n_test]
+    auto_calibration: AutoCalibration | None = None  # n_samples "auto"
 
 
 def evaluate_and_calibrate(
@@ -305,9 +364,11 @@ def evaluate_and_calibrate(
     conformal_alpha: float,
     novelty_false_alarm_rate: float,
     seed: int,
+    max_auto_samples: int = DEFAULT_MAX_AUTO_SAMPLES,
 ) -> Evaluation:
-    """Calibrate at every N of the grid on the validation split, then measure the
-    default N (``n_samples``, in the grid) on the test split."""
+    """Calibrate at every N of the grid on the validation split, and the adaptive
+    procedure ("auto", at most ``max_auto_samples`` samples) as its own N; then measure
+    the default N (``n_samples``, in the grid) and "auto" on the test split."""
     from uncertainty.engine import MCEngine
 
     engine = MCEngine(model)
@@ -316,6 +377,13 @@ def evaluate_and_calibrate(
         conformal_alpha=conformal_alpha, novelty_false_alarm_rate=novelty_false_alarm_rate,
         seed=seed,
     )
+    auto, _ = calibrate_auto_procedure(
+        engine, x_val, y_val, calibrations, max_samples=max_auto_samples,
+        target_error=risk_target_error, conformal_alpha=conformal_alpha,
+        novelty_false_alarm_rate=novelty_false_alarm_rate, seed=seed + AUTO_CALIBRATION_SEED_OFFSET,
+    )
+    auto_test = auto_draw(engine, x_test, auto.stopping, auto.schedule,
+                          seed + AUTO_TEST_SEED_OFFSET)
     test = mc_summary(engine, x_test, n_samples, seed + 10**6)
     deterministic = model.predict(x_test, batch_size=1024, verbose=0)
     deterministic_aurc = metrics.aurc(1.0 - deterministic.max(axis=1),
@@ -327,10 +395,14 @@ def evaluate_and_calibrate(
                               "aurc": deterministic_aurc},
             "mc": {**classification_metrics(test.mean, y_test),
                    **selective_metrics(test, y_test, for_n_samples(calibrations, n_samples))},
+            "auto": {**classification_metrics(auto_test.summary.mean, y_test),
+                     **selective_metrics(auto_test.summary, y_test, auto.calibration),
+                     "mean_n_samples": float(auto_test.n_samples.mean())},
         },
         deterministic_probabilities=deterministic,
         test_summary=test,
         test_labels=y_test,
+        auto_calibration=auto,
     )
 
 

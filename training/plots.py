@@ -120,6 +120,24 @@ def marked_against_samples(
     _save(figure, path)
 
 
+def drift_replay_plot(statistics: Mapping[str, np.ndarray], alarm: np.ndarray, switch: int,
+                      threshold: float, path: Path, title: str) -> None:
+    """The drift statistics ``[steps]`` per score against the prediction count, the
+    threshold, where the stream switched to the shifted set and where the alarm was on."""
+    figure, axis = plt.subplots(figsize=(9, 3.8))
+    steps = np.arange(1, len(alarm) + 1)
+    for name, values in statistics.items():
+        axis.plot(steps, values, linewidth=0.8, label=name)
+    axis.axhline(threshold, color="black", linestyle="--", linewidth=1, label="alarm threshold")
+    axis.axvline(switch + 0.5, color="grey", linewidth=1)
+    top = np.nanmax([np.nanmax(values) for values in statistics.values()] + [threshold])
+    axis.fill_between(steps, 0, top * 1.05, where=alarm, color="tab:red", alpha=0.15, step="mid",
+                      label="alarm on")
+    axis.set(xlabel="predictions", ylabel="drift statistic", title=title, yscale="symlog")
+    axis.legend(fontsize=7, loc="upper left")
+    _save(figure, path)
+
+
 def _save(figure: plt.Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()

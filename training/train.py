@@ -224,6 +224,7 @@ def train(config: TrainConfig, dataset: Dataset, callbacks: tuple = ()) -> Train
         conformal_alpha=config.conformal_alpha,
         calibrations=evaluation.calibrations,
         training={**training_record(config), "fit_seconds": round(fit_seconds, 1)},
+        auto_calibration=evaluation.auto_calibration,
     )
     tag = save_classifier(served, card, config.model_name)
     report_path = write_reports(config.output_dir, card, evaluation, tag)
@@ -286,10 +287,22 @@ def summary_table(tag: str, card: ModelCard) -> str:
         f"for any reason {mc['flagged_fraction']:.1%}",
         f"prediction sets (alpha={card.conformal_alpha}): coverage "
         f"{mc['conformal_coverage']:.3f}, mean size {mc['conformal_mean_set_size']:.2f}",
-        f"calibrated at N = {', '.join(map(str, card.calibrated_n_samples))}",
+        f"calibrated at N = {', '.join(map(str, card.calibrated_n_samples))} and auto",
+        *auto_summary_lines(card),
         f"saved {tag}",
     ]
     return "\n".join(lines)
+
+
+def auto_summary_lines(card: ModelCard) -> list[str]:
+    """What n_samples "auto" did on the test split, when the card has it."""
+    auto = card.test_metrics.get("auto")
+    if card.auto_calibration is None or auto is None:
+        return []
+    return [f"auto (rounds {', '.join(map(str, card.auto_calibration.schedule))}): mean N "
+            f"{auto['mean_n_samples']:.1f}, accuracy {auto['accuracy']:.4f}, NLL "
+            f"{auto['nll']:.4f}, ECE {auto['ece']:.4f}, error among unflagged "
+            f"{auto['selective_error']:.4f}"]
 
 
 def main(argv: list[str] | None = None) -> int:

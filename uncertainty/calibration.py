@@ -4,7 +4,9 @@ Uncertainty scores move with N (the flagged fraction of Fashion-MNIST's test
 split at one threshold is 0.19 at N=1 and 0.25 at N=30), so a threshold fitted
 at one N promises nothing at another. A :class:`Calibration` holds, for one N,
 the risk policy, the conformal quantile and the novelty policy fitted on
-calibration rows sampled at that N. A request's N uses the calibration of its
+calibration rows sampled at that N, and the distribution of those rows'
+uncertainty scores that the drift detector compares live traffic against
+(:mod:`uncertainty.drift`). A request's N uses the calibration of its
 own N, and off the grid a rule that errs on the safe side for each promise
 (:func:`for_n_samples`): ``uq-evaluate`` and ``loadtest.guarantees`` measure the
 guarantees at N off the grid with it.
@@ -21,6 +23,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from uncertainty.drift import DriftReference, reference_of
 from uncertainty.risk import (
     NoveltyPolicy,
     RiskPolicy,
@@ -29,6 +32,7 @@ from uncertainty.risk import (
     conformal_quantile,
     prediction_sets,
     risk_score,
+    risk_scores,
 )
 from uncertainty.summary import UncertaintySummary
 
@@ -45,6 +49,8 @@ class Calibration:
     novelty_policy: NoveltyPolicy
     #: where the novelty policy was calibrated, when not at ``n_samples`` (off the grid)
     novelty_n_samples: int | None = None
+    #: the calibration rows' uncertainty scores (cards calibrated before drift have none)
+    reference: DriftReference | None = None
 
     @property
     def novelty_calibrated_n_samples(self) -> int:
@@ -76,6 +82,7 @@ def calibrate(
         risk_policy=risk_policy,
         conformal_quantile=conformal_quantile(summary.mean, labels, conformal_alpha),
         novelty_policy=calibrate_novelty_policy(summary, error_risk, novelty_false_alarm_rate),
+        reference=reference_of(risk_scores(summary)),
     )
 
 

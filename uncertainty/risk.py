@@ -85,19 +85,25 @@ def error_upper_bound(errors: int, accepted: int, confidence: float) -> float:
 
 
 def calibrate_risk_policy(
-    summary: UncertaintySummary, labels: np.ndarray, target_error: float
+    summary: UncertaintySummary, labels: np.ndarray, target_error: float,
+    metrics: tuple[str, ...] = RISK_SCORES,
 ) -> RiskPolicy:
     """The score and threshold that leave the most predictions unflagged while the
-    error among them meets ``target_error`` with probability 1 - RISK_DELTA."""
+    error among them meets ``target_error`` with probability 1 - RISK_DELTA.
+    ``metrics`` limits the candidate scores (the adaptive procedure keeps the score it
+    stops by); the confidence stays that of a choice among all of them."""
     if not 0.0 < target_error < 1.0:
         raise ValueError(f"target_error must lie in (0, 1), got {target_error}")
+    unknown = [name for name in metrics if name not in RISK_SCORES]
+    if not metrics or unknown:
+        raise ValueError(f"metrics must be some of {', '.join(RISK_SCORES)}, got {metrics}")
     errors = summary.label != np.asarray(labels)
     scores = risk_scores(summary)
     aurc_by_metric = {name: aurc(values, errors) for name, values in scores.items()}
     confidence = 1.0 - RISK_DELTA / len(scores)  # the union bound covers choosing a score
     candidates = {
         name: _guaranteed_threshold(values, errors, target_error, confidence)
-        for name, values in scores.items()
+        for name, values in scores.items() if name in metrics
     }
     # widest coverage first; among equals, the score that ranks errors best
     metric = max(candidates, key=lambda name: (candidates[name][1], -aurc_by_metric[name]))

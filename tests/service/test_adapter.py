@@ -134,3 +134,49 @@ def test_assumption_an_app_mounted_at_the_root_answers_only_its_own_paths_after_
     assert post(probe, "/echo", {"item": {"value": 4}}).json() == [{"value": 4}]
     response = probe.get("/elsewhere")
     assert response.status_code == 404 and response.text != "the mounted app's 404"
+
+
+MONITOR_SCRIPT = """
+import json, sys
+import bentoml
+from service import adapter
+
+records = [[(7, "x", "feature", "numerical"), ("a", "request_id", "feature", "categorical")],
+           [(8, "x", "feature", "numerical"), ("b", "request_id", "feature", "categorical")]]
+adapter.write_monitor_records("first", records + records)  # the schema, then a batch
+adapter.write_monitor_records("second", records[:1])
+adapter.write_monitor_records("first", records[1:])  # after "second" configured its loggers
+"""
+
+
+def test_assumption_the_default_monitor_writes_json_lines_and_shares_its_loggers(tmp_path):
+    # in a process of its own, with BentoML's default configuration: monitors reconfigure
+    # logging for the whole process
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPOSITORY
+
+    env = {key: value for key, value in os.environ.items()
+           if key != "BENTOML_CONFIG_OVERRIDES"}
+    result = subprocess.run([sys.executable, "-c", MONITOR_SCRIPT], cwd=tmp_path,
+                            env={**env, "PYTHONPATH": str(REPOSITORY)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    logs = tmp_path / "monitoring"  # the default log_path, under the working directory
+
+    def lines(name):
+        return [json.loads(line) for line in
+                (logs / name / "data" / "data.0.log").read_text().splitlines()]
+
+    first = lines("first")
+    assert [record["x"] for record in first] == [7, 8, 7, 8]
+    assert {"timestamp", "request_id", "trace_id", "request_id_"} <= set(first[0])
+    assert first[0]["request_id_"] == "a"  # our column was renamed: BentoML's own wins
+    schema = json.loads((logs / "first" / "schema" / "schema.0.log").read_text())
+    assert [column["name"] for column in schema["columns"]] == ["x", "request_id_"]
+    assert "Column name x is duplicated" not in result.stderr
+    # the second monitor took over the loggers: the first one's last record went there
+    assert [record["x"] for record in lines("second")] == [7, 8]
+    assert [record["request_id_"] for record in first] == ["a", "b", "a", "b"]

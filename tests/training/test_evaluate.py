@@ -25,7 +25,7 @@ OFF_GRID = [3, 15, 40, 75, 200]  # uq-evaluate's default
 
 def test_uq_evaluate_end_to_end(classifier_tag, tmp_path, capsys):
     code = main(["--model", classifier_tag, "--samples", "1,4,2", "--output-dir", str(tmp_path),
-                 "--reference-samples", "50", "--reference-rows", "100"])
+                 "--reference-samples", "50", "--reference-rows", "100", "--drift-replay"])
     assert code == 0
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert report["model"] == classifier_tag and report["model_dataset"] == "digits"
@@ -49,10 +49,14 @@ def test_uq_evaluate_end_to_end(classifier_tag, tmp_path, capsys):
                                "mutual_information", "one_minus_confidence"}
         assert all(0 <= value <= 1 for value in aurocs.values())
     for name in ("quality_vs_samples.png", "reliability.png", "risk_coverage.png",
-                 "guarantees_vs_samples.png"):
+                 "guarantees_vs_samples.png", "drift_replay.png"):
         assert (tmp_path / name).stat().st_size > 0
+    replayed = report["drift_replay"]
+    assert (replayed["n_samples"], replayed["shifted_set"]) == (8, "gaussian_noise")
+    assert replayed["test_rows"] == 360 and replayed["detection_delay"] <= replayed["window"]
     output = capsys.readouterr().out
     assert "stop improving at N=" in output and "guarantees on the test split" in output
+    assert "drift replay at N=8" in output
     check_guarantees(report["guarantees"])
 
 
