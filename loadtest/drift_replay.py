@@ -124,19 +124,14 @@ def replay(host: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from loadtest.server import ServerError, check_loopback, served
+    from loadtest.server import ServerError, against_service
 
     args = build_parser().parse_args(argv)
     if min(args.test_requests, args.shifted_requests, args.poll_every) < 1:
         return fail(PROG, "--test-requests, --shifted-requests and --poll-every must be >= 1")
     try:
-        if args.host:
-            check_loopback(args.host)
-            report = replay(args.host, args)
-        else:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            with served(args.model, args.output.parent) as host:
-                report = replay(host, args)
+        report = against_service(args.host, args.model, args.output.parent,
+                                 lambda url: replay(url, args))
     except (ServerError, RuntimeError, ValueError) as error:
         return fail(PROG, str(error))
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -133,17 +133,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from loadtest.server import ServerError, check_loopback, served
+    from loadtest.server import ServerError, against_service
 
     args = build_parser().parse_args(argv)
     try:
-        if args.host:
-            check_loopback(args.host)
-            report = check(args.host, args)
-        else:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            with served(args.model, args.output.parent) as host:
-                report = check(host, args)
+        report = against_service(args.host, args.model, args.output.parent,
+                                 lambda url: check(url, args))
     except (ServerError, RuntimeError, ValueError) as error:
         return fail(PROG, str(error))
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -110,3 +110,14 @@ def check_loopback(url: str) -> None:
         loopback = False
     if not loopback:
         raise ServerError(f"--host must be on loopback (127.0.0.1, ::1, localhost), got {host}")
+
+
+def against_service(host: str | None, model: str, log_dir: Path, work):
+    """``work(url)`` against ``host`` (which must be on loopback), or against ``model``
+    served for the call when ``host`` is None; returns what ``work`` returns."""
+    if host:
+        check_loopback(host)
+        return work(host)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with served(model, log_dir) as url:
+        return work(url)

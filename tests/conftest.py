@@ -91,3 +91,12 @@ def server(classifier_tag, generator_tag, tmp_path_factory) -> str:
     """Base URL of a real ``bentoml serve`` on loopback (its log: serve.log beside)."""
     with served(classifier_tag, tmp_path_factory.mktemp("server")) as url:
         yield url
+
+
+def assert_error(response, status: int, *fragments: str) -> None:
+    """``response`` has ``status`` and an ``{"error"}`` body holding every fragment."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    for fragment in fragments:
+        assert fragment in body["error"], body["error"]

@@ -8,20 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import assert_error
+
 DIGIT = [float(v % 17) for v in range(64)]  # a valid 8 x 8 instance in [0, 16]
 
 
 def post(client, path, body, content_type="application/json"):
     data = body if isinstance(body, bytes | str) else json.dumps(body)
     return client.post(path, content=data, headers={"content-type": content_type})
-
-
-def assert_error(response, status, *fragments):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    for fragment in fragments:
-        assert fragment in body["error"], body["error"]
 
 
 def test_a_valid_request_answers_the_contract(client):

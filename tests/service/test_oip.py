@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
 from service.oip import OUTPUTS, create_app
-from tests.conftest import DEFAULT_SAMPLES
+from tests.conftest import DEFAULT_SAMPLES, assert_error
 from training.data import load_dataset
 
 FLAT_DIGIT = [float(v % 17) for v in range(64)]  # a valid 8 x 8 instance in [0, 16]
@@ -66,14 +66,6 @@ def v2_body(data, shape, datatype="FP32", **parameters):
     if parameters:
         body["parameters"] = parameters
     return body
-
-
-def assert_error(response, status, *fragments):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    for fragment in fragments:
-        assert fragment in body["error"], body["error"]
 
 
 def test_server_health_and_metadata(v2):
