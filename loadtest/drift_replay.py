@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from loadtest.server import add_service_options
 from training.cli import OneLineErrorParser, fail
 
 PROG = "python -m loadtest.drift_replay"
@@ -32,11 +33,7 @@ DETECTION_TARGET = 200
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--host", help="service URL on loopback")
-    source.add_argument("--serve", action="store_true", help="serve --model for the run")
-    parser.add_argument("--model", default="uq-classifier:latest",
-                        help="tag to serve with --serve (default: %(default)s)")
+    add_service_options(parser)
     parser.add_argument("--test-requests", type=int, default=10_000,
                         help="test-split requests, one image each (default: %(default)s)")
     parser.add_argument("--shifted-requests", type=int, default=400,

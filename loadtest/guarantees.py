@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from loadtest.server import add_service_options
 from training.cli import OneLineErrorParser, fail, sample_counts
 
 PROG = "python -m loadtest.guarantees"
@@ -30,11 +31,7 @@ PROG = "python -m loadtest.guarantees"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--host", help="service URL on loopback")
-    source.add_argument("--serve", action="store_true", help="serve --model for the run")
-    parser.add_argument("--model", default="uq-classifier:latest",
-                        help="tag to serve with --serve (default: %(default)s)")
+    add_service_options(parser)
     parser.add_argument("--off-grid", type=sample_counts, default=(3, 15, 40, 75, 200),
                         help="N off the calibration grid to check too (default: 3,15,40,75,200)")
     parser.add_argument("--shifted-rows", type=int, default=2000,

@@ -121,3 +121,12 @@ def against_service(host: str | None, model: str, log_dir: Path, work):
     log_dir.mkdir(parents=True, exist_ok=True)
     with served(model, log_dir) as url:
         return work(url)
+
+
+def add_service_options(parser) -> None:
+    """``--host URL`` or ``--serve`` (with ``--model``): where a check sends its requests."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--host", help="service URL on loopback")
+    source.add_argument("--serve", action="store_true", help="serve --model for the run")
+    parser.add_argument("--model", default="uq-classifier:latest",
+                        help="tag to serve with --serve (default: %(default)s)")

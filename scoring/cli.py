@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from training.cli import OneLineErrorParser, fail, positive_integer
+from training.cli import OneLineErrorParser, fail, integer_at_least, positive_integer
 
 PROG = "uq-score"
 #: Rows per chunk (one local shard) by default, lowered so that a chunk's float32
@@ -30,16 +30,6 @@ PROG = "uq-score"
 DEFAULT_CHUNK_ROWS = 16384
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 MANIFEST_FORMAT = 1
-
-
-def non_negative_integer(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with the same settings resumes")
     parser.add_argument("--n-samples", type=positive_integer, metavar="N",
                         help="Monte Carlo samples per row (default: the card's default N)")
-    parser.add_argument("--seed", type=non_negative_integer, default=0,
+    parser.add_argument("--seed", type=integer_at_least(0), default=0,
                         help="with each row's id, seeds the row's samples (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_integer,
                         help="rows per engine call (default: as many as one compiled call of "

@@ -39,15 +39,22 @@ def sample_counts(text: str) -> tuple[int, ...]:
     return counts
 
 
-def positive_integer(text: str) -> int:
-    """An option value that must be an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def integer_at_least(minimum: int):
+    """An option type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_integer = integer_at_least(1)
 
 
 def open_fraction(text: str) -> float:
