@@ -19,7 +19,7 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
-# Trains the default classifier first when the model store has none (about 5 minutes).
+# Trains the default classifier first when the model store has none (about 5 to 7 minutes: training, then calibration at every N and "auto").
 serve: install
 	@$(BIN)/bentoml models get uq-classifier:latest >/dev/null 2>&1 || $(BIN)/uq-train
 	$(BIN)/bentoml serve --host 0.0.0.0 --port 3000
