@@ -14,10 +14,14 @@ A BentoML upgrade that changes one of these breaks this module alone, and
 - error bodies: a pydantic ``ValidationError`` becomes ``{"error", "detail":
   [pydantic errors]}``, a 4xx ``BentoMLException`` a one-element list
   ``[{"error": message}]``, a 5xx a generic message (:func:`error_message`);
-- while the service is ready, a 503 from BentoML is adaptive batching shedding
-  load (:data:`SHED_STATUS`);
-- a multipart value field that holds a file is taken as a value (its bytes
-  parsed as the field's type): :func:`form_problem` refuses it first;
+- multipart bodies are parsed with Starlette's ``Request.form()`` (its default
+  limits), whose refusals (no boundary, a body that is not multipart, a part over
+  1 MB, ...) BentoML answers with a 500; a multipart value field that holds a file
+  is taken as a value (its bytes parsed as the field's type); a file field that
+  holds a value is fetched as a URL (an outbound request); and each value is read
+  with ``json.loads``, whose errors other than ``JSONDecodeError`` (an integer of
+  over 4300 digits, deep nesting) are a 500: :func:`form_problem` parses the body
+  as BentoML will and refuses all of these first;
 - BentoML logs a traceback for every rejected request on the logger
   ``bentoml._internal.server.http_app`` (:func:`quiet_client_error_tracebacks`);
 - a Starlette app mounted at ``/`` comes after BentoML's own routes and answers
@@ -40,20 +44,19 @@ import functools
 import inspect
 import json
 import logging
-import re
+import math
 from collections.abc import Callable, Iterable, Sequence
+from http import HTTPStatus
 from typing import Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-#: What BentoML answers when adaptive batching cannot meet its latency budget.
-SHED_STATUS = 503
 HTTP_APP_LOGGER = "bentoml._internal.server.http_app"
-
-_FORM_PART = re.compile(rb'content-disposition:\s*form-data;\s*name="([^"]*)"(;\s*filename=)?',
-                        re.IGNORECASE)
 
 
 class BadRequest(bentoml.exceptions.InvalidArgument):
@@ -62,6 +65,17 @@ class BadRequest(bentoml.exceptions.InvalidArgument):
 
 class NotFound(bentoml.exceptions.NotFound):
     """404: the route exists but what it serves does not (no generator configured)."""
+
+
+class TooManyRequests(BentoMLException):
+    """429: the service is overloaded; the answer carries ``Retry-After``."""
+
+    error_code = HTTPStatus.TOO_MANY_REQUESTS
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        #: whole seconds, at least 1 (HTTP's Retry-After takes an integer)
+        self.retry_after = max(1, math.ceil(retry_after_seconds))
 
 
 def keep_api_wrappers(service: Any, names: tuple[str, ...]) -> None:
@@ -83,7 +97,9 @@ def answers_service_errors(method: Callable) -> Callable:
     of BentoML's list-shaped body. Not for batchable APIs: they return items."""
 
     def response(error: BentoMLException) -> JSONResponse:
-        return error_response(error.error_code.value, error.message)
+        retry_after = getattr(error, "retry_after", None)
+        return error_response(error.error_code.value, error.message,
+                              {"Retry-After": str(retry_after)} if retry_after else None)
 
     if inspect.iscoroutinefunction(method):
         @functools.wraps(method)
@@ -102,10 +118,11 @@ def answers_service_errors(method: Callable) -> Callable:
     return wrapper
 
 
-def error_response(status: int, message: str) -> JSONResponse:
+def error_response(status: int, message: str, headers: dict[str, str] | None = None
+                   ) -> JSONResponse:
     """``{"error": message}`` with ``status``, for an API method (under
     :func:`answers_service_errors`) to return as it is."""
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def error_message(body: bytes) -> str:
@@ -130,18 +147,58 @@ def _pydantic_error(detail: dict) -> str:
     return f"{location}: {message}" if location else message
 
 
-def form_problem(body: bytes, file_field: str, value_fields: tuple[str, ...]) -> str | None:
-    """What is wrong with a multipart body's fields, or None: an unknown field, or a
-    file where a value belongs."""
-    for name, is_file in _FORM_PART.findall(body):
-        field = name.decode("utf-8", "replace")
-        if field == file_field:
-            continue
-        if field not in value_fields:
-            return (f"unknown form field {field!r}; expected the file {file_field!r} "
-                    f"and optional values {', '.join(value_fields)}")
-        if is_file:
-            return f"{field}: expected a form value, got a file"
+async def form_problem(body: bytes, content_type: bytes, file_field: str,
+                       value_fields: tuple[str, ...]) -> str | None:
+    """What BentoML would fail on (500) or misread in a multipart body, or None: a body
+    its parser refuses, an unknown field, a value where the file belongs, a file where
+    a value belongs, or a value ``json.loads`` cannot read."""
+    expected = f"the file {file_field!r} and optional values {', '.join(value_fields)}"
+    try:
+        form = await _parsed_form(body, content_type)
+    except MultiPartException as error:
+        return (f"unreadable multipart/form-data body: {error.message.rstrip('.')}; expected "
+                f"a boundary in the Content-Type and parts holding {expected}")
+    try:
+        for field, value in form.multi_items():
+            problem = _form_field_problem(field, value, file_field, value_fields, expected)
+            if problem:
+                return problem
+        return None
+    finally:
+        await form.close()
+
+
+async def _parsed_form(body: bytes, content_type: bytes) -> FormData:
+    """The form as BentoML's ``Request.form()`` will parse it (outside an app, Starlette
+    raises its MultiPartException rather than an HTTPException)."""
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-type", content_type)]}
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return await Request(scope, receive).form()
+
+
+def _form_field_problem(field: str, value: Any, file_field: str,
+                        value_fields: tuple[str, ...], expected: str) -> str | None:
+    is_file = isinstance(value, UploadFile)
+    if field == file_field:
+        return None if is_file else f"{field}: expected a file upload, got a form value"
+    if field not in value_fields:
+        return f"unknown form field {field!r}; expected {expected}"
+    if is_file:
+        return f"{field}: expected a form value, got a file"
+    try:
+        json.loads(value)
+    except json.JSONDecodeError:
+        pass  # BentoML takes it as a string
+    except (ValueError, RecursionError):
+        return f"{field}: unreadable value ({len(value)} characters); expected a short JSON value"
     return None
 
 

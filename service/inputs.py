@@ -134,6 +134,9 @@ def parse_image(path: str, spec: InputSpec) -> np.ndarray:
                 (width, height), Image.Resampling.BILINEAR
             )
             pixels = np.asarray(converted, dtype=np.float32)
+    except Image.DecompressionBombError:
+        raise ValueError(f"expected at most {2 * Image.MAX_IMAGE_PIXELS} pixels, got a larger "
+                         "image") from None
     except (UnidentifiedImageError, OSError):
         raise ValueError("not a readable PNG or JPEG image") from None
     low, high = spec.value_range

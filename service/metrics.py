@@ -25,8 +25,12 @@ REQUESTS = Counter(
     ["endpoint", "outcome"],
 )
 BATCH_SIZE = Histogram(
-    "uq_batch_size", "Items per /predict_batched engine call (adaptive batching)",
+    "uq_batch_size", "Instances per engine round (the scheduler batches every route's work)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+QUEUED_ROWS = Gauge(
+    "uq_queued_rows", "Engine rows (instances x samples) admitted and not yet drawn",
+    multiprocess_mode="livemax",
 )
 PREDICTIONS = Counter("uq_predictions", "Predictions returned, by endpoint", ["endpoint"])
 FLAGGED = Counter(
@@ -49,8 +53,7 @@ RISK_SCORE = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
 )
 OVERLOADED = Counter(
-    "uq_overloaded_requests", "Requests refused for overload (429, or 503 when adaptive "
-    "batching sheds load), by endpoint", ["endpoint"],
+    "uq_overloaded_requests", "Requests refused for overload (429), by endpoint", ["endpoint"],
 )
 FEEDBACK = Counter(
     "uq_feedback", "Late labels counted (POST /feedback), by whether the prediction was "

@@ -6,8 +6,13 @@ content types, error shape and request counts.
 
 - API routes answer 503 until the worker has loaded the model.
 - Bodies over ``max_body_bytes`` get 413 before anything parses them.
+- An error answered before the body is read (413, 415, 503) waits until the body is
+  read and dropped (up to :func:`drain_limit`), so that a client still sending reads
+  it rather than a reset connection.
 - JSON routes need ``application/json``, ``/predict_image`` ``multipart/form-data``
-  (415 otherwise).
+  (415 otherwise), whose body must parse, with known fields, a file where the file
+  belongs and values elsewhere (400 otherwise: service/adapter.py's
+  ``form_problem``).
 - Every 4xx body, BentoML's own validation errors and 404s included, becomes
   ``{"error": "<field>: <what was expected>"}``; the probes and /metrics pass as
   they are.
@@ -22,7 +27,7 @@ from typing import Any
 import bentoml
 
 from service import metrics, request_ids
-from service.adapter import SHED_STATUS, error_message, form_problem
+from service.adapter import TooManyRequests, error_message, form_problem
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -33,13 +38,18 @@ PROBE_ROUTES = ("/livez", "/readyz", "/healthz", "/metrics")
 #: The Open Inference Protocol app (service/oip.py) checks and shapes its own requests.
 OWN_CHECKS_PREFIX = "/v2"
 MULTIPART_ROUTES = ("/predict_image",)
+PREDICTION_ROUTES = ("/predict", "/predict_batched", "/predict_image", "/generate")
 IMAGE_FORM_FILE, IMAGE_FORM_VALUES = "image", ("n_samples", "seed", "return_samples")
+#: A body is still read and dropped before an error answered without it (413, 415, 503),
+#: up to this many times the limit and at least DRAIN_AT_LEAST bytes (:func:`drain_limit`).
+DRAIN_FACTOR, DRAIN_AT_LEAST = 4, 16 * 2**20
 
 
 class ServiceMiddleware:
     def __init__(self, app, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.drain_limit = drain_limit(max_body_bytes)
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         path = scope.get("path")
@@ -74,35 +84,43 @@ class ServiceMiddleware:
             await self.app(scope, receive, responder)
             return
         if not bentoml.get_current_service().__is_ready__():
-            await responder.error(503, "the model is still loading; retry once /readyz "
-                                  "answers 200")
+            await self._refuse(receive, responder, 503, "the model is still loading; retry "
+                               "once /readyz answers 200")
             return
         headers = dict(scope.get("headers") or [])
         problem = self._content_type_problem(path, headers.get(b"content-type", b""))
         if problem:
-            await responder.error(415, problem)
+            await self._refuse(receive, responder, 415, problem)
             return
         length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_body_bytes:
+        if length.isdigit() and int(length) > self.drain_limit:
+            await responder.error(413, self._too_large())  # too large to read even to drop it
+            return
+        body = await read_body(receive, self.max_body_bytes, self.drain_limit)
+        if body is None:  # the client left
+            return
+        if len(body) > self.max_body_bytes:
             await responder.error(413, self._too_large())
             return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+        if path in MULTIPART_ROUTES:
+            problem = await form_problem(body, headers.get(b"content-type", b""),
+                                         IMAGE_FORM_FILE, IMAGE_FORM_VALUES)
+            if problem:
+                await responder.error(400, problem)
                 return
-            body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
-                await responder.error(413, self._too_large())
-                return
-            if not message.get("more_body"):
-                break
-        problem = (form_problem(bytes(body), IMAGE_FORM_FILE, IMAGE_FORM_VALUES)
-                   if path in MULTIPART_ROUTES else None)
-        if problem:  # BentoML would take a file's bytes as a value
-            await responder.error(400, problem)
+        refusal = _refusal_at_the_door(path)
+        if refusal:  # before BentoML parses the body: a tenth of the cost of a late refusal
+            await responder.error(429, refusal.message,
+                                  [(b"retry-after", str(refusal.retry_after).encode())])
             return
-        await self.app(scope, _replay(bytes(body), receive), responder)
+        await self.app(scope, _replay(body, receive), responder)
+
+    async def _refuse(self, receive: Receive, responder: _Responder, status: int,
+                      message: str) -> None:
+        """Answer an error without reading the body: once it is read and dropped (up to
+        :func:`drain_limit`, which says why)."""
+        await _drop(receive, self.drain_limit)
+        await responder.error(status, message)
 
     def _too_large(self) -> str:
         return f"request body exceeds {self.max_body_bytes} bytes (UQ_MAX_BODY_BYTES)"
@@ -115,6 +133,52 @@ class ServiceMiddleware:
             got = media_type or "none"
             return f"Content-Type must be {expected} for {path}, got {got}"
         return None
+
+
+def drain_limit(max_body_bytes: int) -> int:
+    """The most bytes of a body read (and dropped) before an error answered without it.
+    uvicorn reads and drops the rest of a body after the answer on a kept-alive
+    connection anyway; on one the client asked to close (``Connection: close``: the
+    standard library's urllib), closing with the body unread resets it, and the client,
+    still sending, sees a broken pipe instead of the 413."""
+    return max(DRAIN_FACTOR * max_body_bytes, DRAIN_AT_LEAST)
+
+
+async def read_body(receive: Receive, limit: int, most: int) -> bytes | None:
+    """The request body, or None if the client left. A body over ``limit`` is read on
+    and dropped, up to ``most`` bytes in all (:func:`drain_limit`), and its first bytes
+    returned (over ``limit``)."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return bytes(body)
+        if len(body) > limit:
+            await _drop(receive, most - len(body))
+            return bytes(body)
+
+
+async def _drop(receive: Receive, limit: int) -> None:
+    """Read the rest of a body without keeping it: until it ends, the client leaves or
+    ``limit`` bytes."""
+    while limit >= 0:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body"):
+            return
+        limit -= len(message.get("body", b""))
+
+
+def _refusal_at_the_door(path: str) -> TooManyRequests | None:
+    """429 for a prediction request when the scheduler predicts that even one instance at
+    the default N would be late (service/scheduler.py)."""
+    if path not in PREDICTION_ROUTES:
+        return None
+    service = bentoml.get_current_service()
+    refusal = service.scheduler.refusal_at_the_door(service.predictor.default_samples)
+    return refusal and TooManyRequests(refusal.message, refusal.retry_after)
 
 
 def _with_request_id(send: Send, request_id: bytes) -> Send:
@@ -142,34 +206,35 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-OVERLOADED = ("the adaptive-batching queue cannot meet its latency budget "
-              "(UQ_BATCH_MAX_LATENCY_MS); retry later")
-
+#: Headers of an error response that its rewritten body keeps (429's Retry-After, and
+#: 405's Allow, which HTTP requires).
+KEPT_ERROR_HEADERS = (b"retry-after", b"allow")
 
 class _Responder:
-    """The app's ``send``: remembers the outcome (ok, client_error, server_error),
-    rewrites a 4xx body into ``{"error": message}``, and BentoML's generic 503
-    (load shed by adaptive batching) into one that says so."""
+    """The app's ``send``: remembers the outcome (ok, client_error, server_error) and
+    whether the request was refused for overload (429), and rewrites a 4xx body into
+    ``{"error": message}``."""
 
     def __init__(self, send: Send) -> None:
         self.send = send
         self.outcome = "ok"
-        self.overloaded = False  # 429, or BentoML's 503 for shed load
-        self.start: Message | None = None  # a held-back 4xx or 503 start
+        self.overloaded = False  # 429
+        self.start: Message | None = None  # a held-back 4xx start
         self.chunks: list[bytes] = []
 
-    async def error(self, status: int, message: str) -> None:
+    async def error(self, status: int, message: str,
+                    headers: list[tuple[bytes, bytes]] = ()) -> None:
         self.outcome = "server_error" if status >= 500 else "client_error"
         self.overloaded = status == 429
-        await send_error(self.send, status, message)
+        await send_error(self.send, status, message, headers)
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             status = message["status"]
             self.outcome = ("server_error" if status >= 500 else
                             "client_error" if status >= 400 else "ok")
-            self.overloaded = status in (429, SHED_STATUS)
-            if 400 <= status < 500 or status == SHED_STATUS:
+            self.overloaded = status == 429
+            if 400 <= status < 500:
                 self.start = message
                 return
         if self.start is None:
@@ -178,16 +243,19 @@ class _Responder:
         self.chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             status = self.start["status"]
-            text = OVERLOADED if status == SHED_STATUS else error_message(b"".join(self.chunks))
-            await send_error(self.send, status, text)
+            text = error_message(b"".join(self.chunks))
+            kept = [(name, value) for name, value in self.start.get("headers", ())
+                    if name.lower() in KEPT_ERROR_HEADERS]
+            await send_error(self.send, status, text, kept)
 
 
-async def send_error(send: Send, status: int, message: str) -> None:
+async def send_error(send: Send, status: int, message: str,
+                     headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"error": message}).encode()
     await send({
         "type": "http.response.start",
         "status": status,
         "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
+                    (b"content-length", str(len(body)).encode()), *headers],
     })
     await send({"type": "http.response.body", "body": body})

@@ -32,14 +32,12 @@ import functools
 import importlib.metadata
 import logging
 import struct
-import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Annotated, Any
 
-import anyio
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
@@ -63,6 +61,7 @@ from starlette.routing import Match, Route
 
 from service import metrics
 from service.inputs import InputSpec
+from service.middleware import drain_limit
 from service.schemas import NSamples, Seed
 from service.settings import settings
 
@@ -82,6 +81,8 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: Metrics label of the infer route (uq_requests, uq_predictions, ...).
 ENDPOINT = "v2_infer"
+#: (x [batch, *input_shape], n_samples, seed, risk_threshold) -> one prediction per row
+Predict = Callable[[np.ndarray, int, "int | None", "float | None"], Awaitable[list["Prediction"]]]
 
 #: The protocol's numeric datatypes, as little-endian numpy types (for binary data).
 NUMERIC_DATATYPES = {
@@ -216,13 +217,16 @@ class ErrorResponse(BaseModel):
 class ProtocolError(Exception):
     """An answer other than 200: ``{"error": message}`` with ``status``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None
+                 ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.message}, status_code=self.status)
+        return JSONResponse({"error": self.message}, status_code=self.status,
+                            headers=self.headers)
 
 
 def _bad(message: str) -> ProtocolError:
@@ -514,14 +518,23 @@ def _server_version() -> str:
         return "unknown"
 
 
-def _answer(predictor: Predictor, parsed: ParsedRequest, n_samples: int
-            ) -> tuple[bytes, int | None]:
-    """Predict (recording metrics around the call) and encode the response."""
-    started = time.perf_counter()
-    predictions = predictor.predict(parsed.x, n_samples=n_samples, seed=parsed.parameters.seed,
-                                    risk_threshold=parsed.parameters.risk_threshold)
-    metrics.observe_predictions(ENDPOINT, predictions, time.perf_counter() - started)
-    return infer_response(parsed, predictions, predictor.tag, predictor.card.class_names)
+async def served_predictions(x: np.ndarray, n_samples: int, seed: int | None,
+                             risk_threshold: float | None) -> list[Prediction]:
+    """Predictions for ``x`` ``[batch, *input_shape]`` from the service this process serves:
+    through its scheduler (admission, batching) with metrics, as every route. Raises
+    ProtocolError 429 with Retry-After when the scheduler refuses the work."""
+    from service.adapter import TooManyRequests
+    from service.schemas import SampleChoice
+
+    service = bentoml.get_current_service()
+    work = service.work(x, SampleChoice(n_samples=n_samples), seed=seed,
+                        risk_threshold=risk_threshold)
+    try:
+        [predictions] = await service.scheduled(ENDPOINT, [work])
+    except TooManyRequests as refused:
+        raise ProtocolError(429, refused.message,
+                            {"Retry-After": str(refused.retry_after)}) from None
+    return predictions
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:
@@ -549,11 +562,11 @@ class OpenInferenceProtocol:
     NOT_READY = "the model is still loading; retry once /v2/health/ready answers 200"
 
     def __init__(
-        self, get_predictor: Callable[[], Predictor | None], *, inline_rows: int,
+        self, get_predictor: Callable[[], Predictor | None], *, predict: Predict,
         max_body_bytes: int, max_instances: int,
     ) -> None:
         self.get_predictor = get_predictor
-        self.inline_rows = inline_rows
+        self.predict = predict
         self.max_body_bytes = max_body_bytes
         self.max_instances = max_instances
         self.server_metadata_response = ServerMetadataResponse(
@@ -616,6 +629,8 @@ class OpenInferenceProtocol:
             return response
         except ProtocolError as error:
             outcome = "server_error" if error.status >= 500 else "client_error"
+            if error.status == 429:
+                metrics.OVERLOADED.labels(ENDPOINT).inc()
             return error.response()
         finally:
             metrics.REQUESTS.labels(ENDPOINT, outcome).inc()
@@ -626,13 +641,10 @@ class OpenInferenceProtocol:
         parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), predictor.spec,
                                      self.max_instances)
         n_samples = parsed.parameters.n_samples or predictor.default_samples
-        # as /predict: a small call is cheaper on the event loop than handed to a
-        # thread and back; a large one must not hold up the other requests
-        if len(parsed.x) * n_samples <= self.inline_rows:
-            content, header_length = _answer(predictor, parsed, n_samples)
-        else:
-            content, header_length = await anyio.to_thread.run_sync(
-                _answer, predictor, parsed, n_samples)
+        predictions = await self.predict(parsed.x, n_samples, parsed.parameters.seed,
+                                         parsed.parameters.risk_threshold)
+        content, header_length = infer_response(parsed, predictions, predictor.tag,
+                                                predictor.card.class_names)
         if header_length is None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream",
@@ -642,17 +654,24 @@ class OpenInferenceProtocol:
         """The request body, decompressed (gzip, deflate), at most max_body_bytes."""
         too_large = ProtocolError(413, f"request body exceeds {self.max_body_bytes} bytes "
                                        "(UQ_MAX_BODY_BYTES)")
+        # past the limit the body is read on and dropped, so that the client can read the
+        # 413 (service/middleware.py's drain_limit says why)
+        most = drain_limit(self.max_body_bytes)
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body_bytes:
+        if length.isdigit() and int(length) > most:
             raise too_large
-        body = bytearray()
+        body, read = bytearray(), 0
         try:
             async for chunk in request.stream():
-                body += chunk
-                if len(body) > self.max_body_bytes:
-                    raise too_large
+                read += len(chunk)
+                if read > most:
+                    break
+                if read <= self.max_body_bytes:
+                    body += chunk
         except ClientDisconnect:
             raise _bad("the client disconnected before the body ended") from None
+        if read > self.max_body_bytes:
+            raise too_large
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding in ("", "identity"):
             return bytes(body)
@@ -690,13 +709,13 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
 
 def create_app(
     get_predictor: Callable[[], Predictor | None] = served_predictor, *,
-    inline_rows: int = 256, max_body_bytes: int | None = None,
+    predict: Predict = served_predictions, max_body_bytes: int | None = None,
     max_instances: int | None = None,
 ) -> Starlette:
     """The V2 endpoints as a Starlette app (its routes carry the full ``/v2/...`` paths:
     mount it at the root). Limits default to the UQ_ settings."""
     protocol = OpenInferenceProtocol(
-        get_predictor, inline_rows=inline_rows,
+        get_predictor, predict=predict,
         max_body_bytes=max_body_bytes or settings.max_body_bytes,
         max_instances=max_instances or settings.max_instances,
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 
 import numpy as np
 
@@ -77,7 +76,12 @@ class Predictor:
         if n_samples == AUTO:
             return self._predict_auto(x, seed, risk_threshold, return_samples)
         samples = self.engine.sample(x, n_samples, seed)  # [n_samples, batch, classes]
-        predictions = self._predictions(summarize(samples), n_samples, risk_threshold)
+        return self.predictions(samples, risk_threshold, return_samples)
+
+    def predictions(self, samples: np.ndarray, risk_threshold: float | None = None,
+                    return_samples: bool = False) -> list[Prediction]:
+        """One prediction per row of ``samples`` ``[n_samples, batch, classes]``."""
+        predictions = self._predictions(summarize(samples), len(samples), risk_threshold)
         if return_samples:
             for row, prediction in enumerate(predictions):
                 prediction.samples = samples[:, row].tolist()
@@ -105,34 +109,6 @@ class Predictor:
                 if return_samples:
                     prediction.samples = result.samples[row].tolist()
                 predictions[row] = prediction
-        return predictions
-
-    def predict_ragged(self, x: np.ndarray, *, n_samples: list[int | str]) -> list[Prediction]:
-        """Row i of ``x`` with ``n_samples[i]`` samples, all in one engine pass; the rows
-        with "auto" in rounds of their own."""
-        if AUTO in n_samples:
-            auto = [row for row, count in enumerate(n_samples) if count == AUTO]
-            fixed = [row for row, count in enumerate(n_samples) if count != AUTO]
-            predictions = [None] * len(n_samples)
-            parts = [(auto, self.predict(x[auto], n_samples=AUTO))]
-            if fixed:
-                parts.append((fixed, self.predict_ragged(
-                    x[fixed], n_samples=[n_samples[row] for row in fixed])))
-            for rows, answers in parts:
-                for row, prediction in zip(rows, answers, strict=True):
-                    predictions[row] = prediction
-            return predictions
-        rows = self.engine.sample_ragged(x, n_samples)  # one [n_samples[i], classes] per row
-        by_count: dict[int, list[int]] = defaultdict(list)
-        for index, count in enumerate(n_samples):
-            by_count[count].append(index)
-        predictions: list[Prediction | None] = [None] * len(n_samples)
-        for count, indices in by_count.items():  # rows with equal counts share one summary
-            samples = np.stack([rows[i] for i in indices], axis=1)  # [count, rows, classes]
-            for index, prediction in zip(
-                indices, self._predictions(summarize(samples), count, None), strict=True
-            ):
-                predictions[index] = prediction
         return predictions
 
     def _predictions(

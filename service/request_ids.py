@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import os
 import re
+import time
 
 HEADER = b"x-request-id"
 MAX_LENGTH = 128
@@ -20,6 +21,9 @@ _USABLE = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_LENGTH)
 
 _CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("uq_request_id",
                                                                       default=None)
+#: ``time.perf_counter()`` when the middleware received the request
+_STARTED: contextvars.ContextVar[float | None] = contextvars.ContextVar("uq_request_started",
+                                                                       default=None)
 
 
 def new_request_id() -> str:
@@ -37,12 +41,20 @@ def from_headers(headers: list[tuple[bytes, bytes]]) -> str:
     return new_request_id()
 
 
-def set_current(request_id: str) -> contextvars.Token:
-    return _CURRENT.set(request_id)
+def set_current(request_id: str) -> tuple[contextvars.Token, contextvars.Token]:
+    """The request being served from now: its id, and the time it arrived."""
+    return _CURRENT.set(request_id), _STARTED.set(time.perf_counter())
 
 
-def reset_current(token: contextvars.Token) -> None:
-    _CURRENT.reset(token)
+def reset_current(tokens: tuple[contextvars.Token, contextvars.Token]) -> None:
+    _CURRENT.reset(tokens[0])
+    _STARTED.reset(tokens[1])
+
+
+def started() -> float:
+    """``time.perf_counter()`` when the current request arrived (now, outside a request):
+    latency budgets count from there."""
+    return _STARTED.get() or time.perf_counter()
 
 
 def current() -> str | None:

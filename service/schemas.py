@@ -5,6 +5,12 @@ range), which the loaded predictor holds: the validators ask the current
 service for it. Until the model is loaded the middleware answers 503, so they
 never run before it. Each failed check raises ``ValueError`` with a message that
 names what was expected; pydantic prefixes the field's location.
+
+The OpenAPI document (/docs.json, OpenAPI 3.0 written by BentoML) states the
+constraints too, so that clients and fuzzers build requests that reach the
+checks: the instance shape and value range once the service module has called
+:func:`describe_instances` with the served card's spec, and the ranges of the
+other fields.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidatorFunctionWrapHandler,
+    WithJsonSchema,
     WrapValidator,
+    model_validator,
 )
 
 from service import request_ids
@@ -55,7 +63,65 @@ def _count_or_auto(value: Any, handler: ValidatorFunctionWrapHandler) -> int | s
                          f'or "auto", got {value!r}') from None
 
 
-NSamplesOrAuto = Annotated[NSamples | Literal["auto"], WrapValidator(_count_or_auto)]
+#: One ``oneOf`` in the OpenAPI document: BentoML keeps only the first member of a
+#: top-level field's ``anyOf``, which would drop "auto".
+_N_SAMPLES_OR_AUTO_SCHEMA = {"oneOf": [
+    {"type": "integer", "minimum": 1, "maximum": settings.max_samples},
+    {"type": "string", "enum": [AUTO]},
+]}
+NSamplesOrAuto = Annotated[NSamples | Literal["auto"], WrapValidator(_count_or_auto),
+                           WithJsonSchema(_N_SAMPLES_OR_AUTO_SCHEMA)]
+
+
+#: An N in an answer: a count, or "auto" as the request asked (a ``oneOf`` for the same
+#: reason).
+SampleCount = Annotated[int | Literal["auto"], WithJsonSchema({"oneOf": [
+    {"type": "integer"}, {"type": "string", "enum": [AUTO]}]})]
+
+
+def _openapi_30_exclusive_minimum(schema: dict[str, Any]) -> None:
+    """``gt`` as OpenAPI 3.0 states it (BentoML's document is 3.0): ``minimum`` with
+    ``exclusiveMinimum: true``. pydantic writes JSON Schema's numeric
+    ``exclusiveMinimum``, which 3.0 tools (schemathesis) refuse."""
+    if "exclusiveMinimum" in schema:
+        schema["minimum"] = schema.pop("exclusiveMinimum")
+        schema["exclusiveMinimum"] = True
+
+
+LatencyBudget = Annotated[float, Field(
+    gt=0, le=600_000, allow_inf_nan=False,
+    description="milliseconds the answer must arrive within; without n_samples, the service "
+    "picks the largest calibrated N that fits (never below min_samples), else 429",
+    json_schema_extra=_openapi_30_exclusive_minimum,
+)]
+MinSamples = Annotated[StrictInt, Field(
+    ge=1, le=settings.max_samples,
+    description="with latency_budget_ms: the fewest samples the service may pick (default 1)",
+)]
+
+
+class SampleChoice(BaseModel):
+    """The fields that choose N: ``n_samples``, or ``latency_budget_ms`` (with
+    ``min_samples``) for the service to pick it."""
+
+    n_samples: NSamplesOrAuto | None = Field(
+        None, description='MC samples, or "auto": as many as the answer needs (default: the '
+        "card's, or the budget's pick)"
+    )
+    latency_budget_ms: LatencyBudget | None = None
+    min_samples: MinSamples | None = None
+
+    @model_validator(mode="after")
+    def _min_samples_fits(self):
+        if self.min_samples is None or self.n_samples is None:
+            return self
+        if self.n_samples == AUTO:
+            raise ValueError('min_samples: n_samples "auto" picks its own N; give min_samples '
+                             "only with an integer n_samples or none")
+        if self.min_samples > self.n_samples:
+            raise ValueError(f"min_samples: {self.min_samples} is above n_samples "
+                             f"({self.n_samples}); expected at most n_samples")
+        return self
 
 
 def served_auto() -> Any:
@@ -77,6 +143,51 @@ def served_input() -> InputSpec:
     return predictor.spec
 
 
+#: The JSON schema of one instance of the served model, once :func:`describe_instances`
+#: has stated it; the instance fields' schemas read it when the document is generated.
+_INSTANCE_SCHEMA: dict[str, Any] = {}
+
+
+def describe_instances(spec: InputSpec) -> None:
+    """State the served model's instance shape and value range in the OpenAPI document
+    (/docs.json), so that clients and fuzzers can build valid instances. The service
+    module calls it at import with the served card's spec; until then the document says
+    "a list". The checks do not read it: the validators ask the loaded predictor."""
+    _INSTANCE_SCHEMA.clear()
+    _INSTANCE_SCHEMA.update(instance_json_schema(spec))
+
+
+def instance_json_schema(spec: InputSpec) -> dict[str, Any]:
+    """One instance: ``spec.size`` numbers, or nested lists shaped ``spec.input_shape``,
+    each within the value range."""
+    low, high = spec.value_range
+    number = {"type": "number", "minimum": low, "maximum": high}
+    description = f"{spec.describe()}, each value in [{low:g}, {high:g}]"
+    flat = _fixed_length_array(number, spec.size)
+    if len(spec.input_shape) == 1:
+        return {**flat, "description": description}
+    shaped = number
+    for length in reversed(spec.input_shape):
+        shaped = _fixed_length_array(shaped, length)
+    return {"oneOf": [flat, shaped], "description": description}
+
+
+def _fixed_length_array(items: dict[str, Any], length: int) -> dict[str, Any]:
+    return {"type": "array", "items": items, "minItems": length, "maxItems": length}
+
+
+def _state_instance(schema: dict[str, Any]) -> None:
+    if _INSTANCE_SCHEMA:
+        schema.pop("type", None)
+        schema.pop("items", None)
+        schema.update(_INSTANCE_SCHEMA)
+
+
+def _state_instance_items(schema: dict[str, Any]) -> None:
+    if _INSTANCE_SCHEMA:
+        schema["items"] = dict(_INSTANCE_SCHEMA)
+
+
 def _checked_instance(raw: Any) -> Any:
     return served_input().parse(raw)
 
@@ -85,7 +196,7 @@ def _checked_instances(raw: list[Any]) -> list[Any]:
     return served_input().parse_all(raw)
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(SampleChoice):
     """``POST /predict``: only ``instances`` is required."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -93,13 +204,10 @@ class PredictRequest(BaseModel):
     instances: Annotated[
         list[Any],
         Field(min_length=1, max_length=settings.max_instances,
-              description="raw pixel values, each instance flat or shaped"),
+              description="raw pixel values, each instance flat or shaped",
+              json_schema_extra=_state_instance_items),
         AfterValidator(_checked_instances),
     ]
-    n_samples: NSamplesOrAuto | None = Field(
-        None, description='MC samples, or "auto": as many as the answer needs (default: the '
-        "card's)"
-    )
     seed: Seed | None = Field(None, description="the same seed gives the same answer")
     risk_threshold: float | None = Field(
         None, ge=0, allow_inf_nan=False, description="override the card's risk threshold"
@@ -110,13 +218,13 @@ class PredictRequest(BaseModel):
     )
 
 
-class BatchItem(BaseModel):
+class BatchItem(SampleChoice):
     """One item of ``POST /predict_batched``."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    instance: Annotated[list[Any], AfterValidator(_checked_instance)]
-    n_samples: NSamplesOrAuto | None = None
+    instance: Annotated[list[Any], Field(json_schema_extra=_state_instance),
+                        AfterValidator(_checked_instance)]
     #: the id of the request the item came in (items of many requests share a batch)
     _request_id: str | None = PrivateAttr(default_factory=request_ids.current)
 
@@ -137,7 +245,7 @@ class Novelty(BaseModel):
     metric: str
     score: float
     threshold: float
-    calibrated_n_samples: int | Literal["auto"]
+    calibrated_n_samples: SampleCount
 
 
 class Risk(BaseModel):
@@ -150,11 +258,12 @@ class Risk(BaseModel):
     score: float
     threshold: float
     novelty: Novelty
-    calibrated_n_samples: int | Literal["auto"]
+    calibrated_n_samples: SampleCount
 
 
 class Prediction(BaseModel):
     n_samples: int  # the samples this prediction used (with "auto", its own)
+    budget_limited: bool = False  # latency_budget_ms picked fewer than the largest calibrated N
     label: int
     class_name: str
     confidence: float
@@ -176,7 +285,7 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     request_id: str
     model: str
-    n_samples: int | Literal["auto"]
+    n_samples: SampleCount
     predictions: list[Prediction]
 
 
@@ -189,7 +298,7 @@ class GenerateResponse(BaseModel):
     request_id: str
     generator: str
     model: str
-    n_samples: int | Literal["auto"]
+    n_samples: SampleCount
     seed: int
     samples: list[GeneratedSample]
 

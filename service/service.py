@@ -18,7 +18,6 @@ import logging
 import os
 import secrets
 import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,9 +29,12 @@ from pydantic import Field
 
 from service import adapter, metrics, request_ids
 from service.feedback import Desk, Rejected, ReplayMemory, Signer
+from service.inputs import InputSpec
 from service.middleware import ServiceMiddleware
 from service.oip import create_app as create_oip_app
+from service.scheduler import Overloaded, Scheduler, Work
 from service.schemas import (
+    AUTO,
     MAX_RETURNED_SAMPLES,
     BatchItem,
     FeedbackBody,
@@ -43,16 +45,14 @@ from service.schemas import (
     Prediction,
     PredictRequest,
     PredictResponse,
+    SampleChoice,
     Seed,
+    describe_instances,
 )
 from service.settings import settings
 from service.webui import create_app as create_ui_app
 
 logger = logging.getLogger(__name__)
-
-#: /predict calls of up to this many rows (instances x samples, a few ms) run on
-#: the event loop; larger ones in a worker thread.
-INLINE_ROWS = 256
 
 #: Seconds before BentoML answers 504. BentoML keeps every request's context
 #: alive this long (its timer is never cancelled), so it is short: large
@@ -81,6 +81,7 @@ class UQService:
 
     def __init__(self) -> None:
         self.predictor = None
+        self.scheduler = None
         self.sampler = None
         self.monitoring = None
         self.feedback_desk = None
@@ -102,6 +103,11 @@ class UQService:
             logger.exception("could not load the models; /readyz stays 503")
             return
         self._start_monitoring(predictor)
+        self.scheduler = Scheduler(
+            predictor, max_rows=settings.batch_max_rows, max_instances=settings.batch_max_size,
+            max_queued_rows=settings.max_queued_rows,
+            max_latency=settings.batch_max_latency_ms / 1000,
+        )
         _settle_garbage_collector()
         self.predictor = predictor
 
@@ -124,67 +130,79 @@ class UQService:
     def __is_ready__(self) -> bool:
         return self.predictor is not None
 
-    def _predict(
-        self, endpoint: str, x: np.ndarray, n_samples: int, seed: int | None,
+    def work(
+        self, x: np.ndarray, choice: SampleChoice | None = None, *, seed: int | None = None,
         risk_threshold: float | None = None, return_samples: bool = False,
-    ) -> list[Prediction]:
-        """The predictor's answer for ``x`` ``[batch, *input_shape]``, with metrics."""
-        if return_samples and self.predictor.most_samples(n_samples) > MAX_RETURNED_SAMPLES:
+    ) -> Work:
+        """The engine work of ``x`` ``[batch, *input_shape]``: N as the request chose it,
+        or the default; with ``latency_budget_ms`` and no N, the calibrated N (at least
+        ``min_samples``) the scheduler may pick from."""
+        arrived = request_ids.started()
+        choice = choice or SampleChoice()
+        n_samples, choices = choice.n_samples, ()
+        minimum = choice.min_samples or 1
+        most = MAX_RETURNED_SAMPLES if return_samples else settings.max_samples
+        if n_samples is None and choice.latency_budget_ms is None:
+            n_samples = self.predictor.default_request_samples
+            if n_samples != AUTO and n_samples < minimum:
+                n_samples = minimum
+        elif n_samples is None:
+            calibrated = [n for n in self.predictor.card.calibrated_n_samples
+                          if minimum <= n <= most]
+            choices = tuple(sorted({*calibrated, minimum}, reverse=True))
+        if return_samples and (n_samples is None and minimum > most or n_samples is not None
+                               and self.predictor.most_samples(n_samples) > most):
             raise adapter.BadRequest(
                 f"return_samples: at most {MAX_RETURNED_SAMPLES} samples can be returned, "
-                f"n_samples is {n_samples}"
+                f"n_samples is {n_samples or minimum}"
             )
-        started = time.perf_counter()
-        predictions = self.predictor.predict(
-            x, n_samples=n_samples, seed=seed, risk_threshold=risk_threshold,
-            return_samples=return_samples,
+        deadline = (arrived + choice.latency_budget_ms / 1000
+                    if choice.latency_budget_ms is not None else None)
+        return Work(x, n_samples, choices, deadline, seed, risk_threshold, return_samples,
+                    arrived=arrived)
+
+    async def scheduled(self, endpoint: str, works: list[Work]) -> list[list[Prediction]]:
+        """The predictions of each work, drawn by the scheduler, with metrics; raises
+        adapter.TooManyRequests when it refuses them."""
+        try:
+            results = await self.scheduler.run(works)
+        except Overloaded as overloaded:
+            raise adapter.TooManyRequests(overloaded.message, overloaded.retry_after) from None
+        for work, predictions in zip(works, results, strict=True):
+            for prediction in predictions:
+                prediction.budget_limited = work.budget_limited
+        metrics.observe_predictions(
+            endpoint, [p for predictions in results for p in predictions],
+            max(work.engine_seconds for work in works),
+            inputs=np.concatenate([work.x for work in works]),
         )
-        metrics.observe_predictions(endpoint, predictions, time.perf_counter() - started,
-                                    inputs=x)
-        return predictions
+        return results
 
     @bentoml.api(route="/predict")
     @adapter.answers_service_errors
     async def predict(self, request: PredictRequest, /) -> PredictResponse:
         """MC dropout predictions for a list of instances (raw pixels, flat or shaped)."""
-        x = np.stack(request.instances)
-        n_samples = request.n_samples or self.predictor.default_request_samples
-        arguments = ("predict", x, n_samples, request.seed, request.risk_threshold,
-                     request.return_samples)
-        # a small call is cheaper on the event loop than handed to a thread and back;
-        # a large one must not hold up the other requests
-        if self.predictor.expected_rows(len(x), n_samples) <= INLINE_ROWS:
-            predictions = self._predict(*arguments)
-        else:
-            predictions = await anyio.to_thread.run_sync(self._predict, *arguments)
+        work = self.work(np.stack(request.instances), request, seed=request.seed,
+                         risk_threshold=request.risk_threshold,
+                         return_samples=request.return_samples)
+        [predictions] = await self.scheduled("predict", [work])
         return PredictResponse(request_id=request_ids.current_or_new(), model=self.predictor.tag,
-                               n_samples=n_samples, predictions=predictions)
+                               n_samples=work.n_samples, predictions=predictions)
 
-    @bentoml.api(
-        route="/predict_batched",
-        batchable=True,
-        max_batch_size=settings.batch_max_size,
-        max_latency_ms=settings.batch_max_latency_ms,
-    )
-    def predict_batched(
-        self, items: Annotated[list[BatchItem], Field(min_length=1)]
+    @bentoml.api(route="/predict_batched")
+    @adapter.answers_service_errors
+    async def predict_batched(
+        self,
+        items: Annotated[list[BatchItem], Field(min_length=1, max_length=settings.max_instances)],
     ) -> list[Prediction]:
-        """Adaptive batching: concurrent requests merge into one engine call, whatever
-        their n_samples. Returns one prediction per item, in order."""
-        counts = [item.n_samples or self.predictor.default_request_samples for item in items]
-        started = time.perf_counter()
-        x = np.stack([item.instance for item in items])
-        predictions = self.predictor.predict_ragged(x, n_samples=counts)
-        metrics.BATCH_SIZE.observe(len(items))
-        metrics.observe_predictions(
-            "predict_batched", predictions, time.perf_counter() - started,
-            request_ids=[item._request_id for item in items], inputs=x,
-        )
-        return predictions
+        """One prediction per item, in order; each item chooses its own N. Items of every
+        request share engine calls (service/scheduler.py), whatever their N."""
+        works = [self.work(item.instance[None], item) for item in items]
+        return [predictions[0] for predictions in await self.scheduled("predict_batched", works)]
 
     @bentoml.api(route="/predict_image")
     @adapter.answers_service_errors
-    def predict_image(
+    async def predict_image(
         self,
         image: Annotated[Path, ContentType("image/*")],
         n_samples: NSamplesOrAuto | None = None,
@@ -198,15 +216,15 @@ class UQService:
             x = parse_image(str(image), self.predictor.spec)
         except ValueError as error:
             raise adapter.BadRequest(f"image: {error}") from None
-        n_samples = n_samples or self.predictor.default_request_samples
-        predictions = self._predict("predict_image", x[None], n_samples, seed,
-                                    return_samples=return_samples)
+        work = self.work(x[None], SampleChoice(n_samples=n_samples), seed=seed,
+                         return_samples=return_samples)
+        [predictions] = await self.scheduled("predict_image", [work])
         return PredictResponse(request_id=request_ids.current_or_new(), model=self.predictor.tag,
-                               n_samples=n_samples, predictions=predictions)
+                               n_samples=work.n_samples, predictions=predictions)
 
     @bentoml.api(route="/generate")
     @adapter.answers_service_errors
-    def generate(self, request: GenerateRequest, /) -> GenerateResponse:
+    async def generate(self, request: GenerateRequest, /) -> GenerateResponse:
         """Images from the GAN generator (UQ_GENERATOR), each with the classifier's MC
         prediction; the same seed gives the same response."""
         if self.sampler is None:
@@ -214,14 +232,15 @@ class UQService:
                 "no generator is configured: set UQ_GENERATOR to a tag that uq-train-gan saved"
             )
         seed = request.seed if request.seed is not None else secrets.randbits(63)
-        n_samples = request.n_samples or self.predictor.default_request_samples
-        images = self.sampler.images(request.count, seed)  # [count, *input_shape]
-        predictions = self._predict("generate", images, n_samples, seed)
+        images = await anyio.to_thread.run_sync(  # [count, *input_shape]
+            self.sampler.images, request.count, seed)
+        work = self.work(images, SampleChoice(n_samples=request.n_samples), seed=seed)
+        [predictions] = await self.scheduled("generate", [work])
         return GenerateResponse.model_validate({
             "request_id": request_ids.current_or_new(),
             "generator": self.sampler.tag,
             "model": self.predictor.tag,
-            "n_samples": n_samples,
+            "n_samples": work.n_samples,
             "seed": seed,
             "samples": [
                 {"image": np.round(image, 3).tolist(), "prediction": prediction}
@@ -291,12 +310,14 @@ def _settle_garbage_collector() -> None:
 
 
 def _check_served_card() -> None:
-    """Stop start-up, in one line, when the card cannot be served as configured: a card
+    """Put the served model's instance shape and range in the OpenAPI document; stop
+    start-up, in one line, when the card cannot be served as configured: a card
     without per-N calibration, a UQ_DEFAULT_SAMPLES it has no calibration for, or a
     UQ_MAX_AUTO_SAMPLES other than the cap its "auto" was calibrated with."""
     from artifacts.store import read_card
 
     card = read_card(bentoml.models.get(settings.model))
+    describe_instances(InputSpec(tuple(card.input_shape), tuple(card.value_range)))
     auto = card.auto_calibration
     if settings.default_samples == "auto" and auto is None:
         raise ValueError(
@@ -324,6 +345,6 @@ UQService.add_asgi_middleware(ServiceMiddleware, max_body_bytes=settings.max_bod
 adapter.quiet_client_error_tracebacks()
 # The Open Inference Protocol (KServe V2) under /v2/...: a Starlette app beside the
 # APIs, since BentoML APIs are POST-only and take no path parameters.
-adapter.mount_at_root(UQService, create_oip_app(inline_rows=INLINE_ROWS))
+adapter.mount_at_root(UQService, create_oip_app())
 # The web page at /ui: static HTML, JS and CSS from service/ui/.
 adapter.mount_at_root(UQService, create_ui_app())

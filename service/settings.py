@@ -23,9 +23,18 @@ class Settings(BaseSettings):
     )
     max_samples: int = Field(1000, ge=1, description="largest n_samples a request may ask")
     max_instances: int = Field(64, ge=1, description="most instances in one /predict request")
-    batch_max_size: int = Field(64, ge=1, description="adaptive batching: most items per call")
+    batch_max_size: int = Field(64, ge=1, description="batching: most instances per engine call")
+    batch_max_rows: int = Field(
+        2048, ge=1, description="batching: most engine rows (instances x samples) per call; "
+        "larger requests are sliced and interleaved with the others"
+    )
     batch_max_latency_ms: int = Field(
-        200, ge=1, description="adaptive batching: latency budget for queueing and the call"
+        200, ge=1, description="a request without latency_budget_ms is refused (429) when it "
+        "cannot be answered within this, or twice its own engine time if that is longer"
+    )
+    max_queued_rows: int = Field(
+        131_072, ge=1, description="most engine rows (instances x samples) admitted and not yet "
+        "drawn; past it, 429 (a request is always admitted to an empty queue)"
     )
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger bodies get 413")
     access_log: bool = Field(

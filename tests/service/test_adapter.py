@@ -5,8 +5,10 @@ service/adapter.py, nowhere else.
 They run against a bare probe service (no middleware of ours), so that what they
 see is BentoML's own behaviour."""
 
+import asyncio
 import json
 import logging
+from pathlib import Path
 
 import bentoml
 import pytest
@@ -40,6 +42,10 @@ class Probe:
 
     @bentoml.api
     def upload(self, value: int = 0) -> int:
+        return value
+
+    @bentoml.api
+    def picture(self, image: Path, value: int = 0) -> int:
         return value
 
 
@@ -112,13 +118,54 @@ def test_assumption_api_lookups_wrap_anew_and_a_kept_wrapper_is_used(probe):
     assert post(probe, "/echo", {"item": {"value": 2}}).json() == [{"value": 2}]
 
 
+def form_problem(body: bytes, content_type: bytes = b"multipart/form-data; boundary=b"):
+    return asyncio.run(adapter.form_problem(body, content_type, "image", ("value",)))
+
+
 def test_assumption_a_file_in_a_value_field_is_taken_as_its_value(probe):
     files = {"value": ("v.bin", b"3", "application/octet-stream")}
     assert probe.post("/upload", files=files).json() == 3
     body = (b'--b\r\nContent-Disposition: form-data; name="value"; filename="v.bin"\r\n\r\n'
             b"\x89\x00\r\n--b--\r\n")
-    assert adapter.form_problem(body, "image", ("value",)) == (
-        "value: expected a form value, got a file")
+    assert form_problem(body) == "value: expected a form value, got a file"
+
+
+@pytest.mark.parametrize(("content_type", "body"), [
+    (b"multipart/form-data", b"abc"),  # no boundary
+    (b"multipart/form-data; boundary=b", b"not multipart at all"),
+    (b"multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-data\r\n\r\n3"),
+])
+def test_assumption_multipart_parse_errors_are_server_errors(probe, content_type, body):
+    response = probe.post("/picture", content=body, headers={"content-type": content_type})
+    assert response.status_code == 500  # Starlette's 400 HTTPException, answered as a 500
+    assert form_problem(body, content_type).startswith("unreadable multipart/form-data body")
+
+
+def test_assumption_a_value_in_a_file_field_is_fetched_as_a_url(probe, monkeypatch):
+    import httpx
+
+    fetched = []
+
+    async def get(client, url, **kwargs):
+        fetched.append(url)
+        raise httpx.ConnectError("no network in the tests")
+
+    monkeypatch.setattr(httpx.AsyncClient, "get", get)
+    probe.post("/picture", files={"image": (None, "http://example.com/x.png")})
+    assert fetched == ["http://example.com/x.png"]
+    body = (b'--b\r\nContent-Disposition: form-data; name="image"\r\n\r\n'
+            b"http://example.com/x.png\r\n--b--\r\n")
+    assert form_problem(body) == "image: expected a file upload, got a form value"
+
+
+@pytest.mark.parametrize("value", ["1" * 5000, "[" * 100_000])
+def test_assumption_form_values_are_read_with_json_loads_whose_other_errors_are_500(probe,
+                                                                                    value):
+    files = {"image": ("x.png", b"x", "image/png"), "value": (None, value)}
+    assert probe.post("/picture", files=files).status_code == 500
+    body = (b'--b\r\nContent-Disposition: form-data; name="value"\r\n\r\n'
+            + value.encode() + b"\r\n--b--\r\n")
+    assert form_problem(body).startswith("value: unreadable value")
 
 
 def test_assumption_client_error_tracebacks_are_logged_on_the_http_app_logger(probe, caplog):

@@ -2,6 +2,8 @@
 
 import io
 import json
+import struct
+import zlib
 
 import bentoml
 import numpy as np
@@ -102,6 +104,65 @@ def test_unreadable_image_and_missing_field(client):
     assert_error(post(client, "/predict_image", {"image": "x"}), 415, "multipart/form-data")
 
 
+def one_part_body(headers: str, content: str) -> str:
+    """A multipart body (boundary ``b``) of one part."""
+    return f"--b\r\n{headers}\r\n\r\n{content}\r\n--b--\r\n"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "fragments"),
+    [
+        ("multipart/form-data", "abc", ["unreadable multipart/form-data body",
+                                        "Missing boundary", "expected a boundary"]),
+        ("multipart/form-data; boundary=b", "not multipart at all",
+         ["unreadable multipart/form-data body"]),
+        ("multipart/form-data; boundary=b", one_part_body("Content-Disposition: form-data", "3"),
+         ["unreadable multipart/form-data body", '"name" must be provided']),
+        ("multipart/form-data; boundary=b",  # truncated: no closing boundary
+         '--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\nab',
+         ["image"]),
+        # BentoML would fetch a value in the file field as a URL
+        ("multipart/form-data; boundary=b",
+         one_part_body('Content-Disposition: form-data; name="image"', "http://example.com/x.png"),
+         ["image: expected a file upload, got a form value"]),
+        # json.loads, which BentoML reads each value with, fails on these
+        ("multipart/form-data; boundary=b",
+         one_part_body('Content-Disposition: form-data; name="n_samples"', "1" * 5000),
+         ["n_samples: unreadable value (5000 characters)"]),
+        ("multipart/form-data; boundary=b",
+         one_part_body('Content-Disposition: form-data; name="seed"', "[" * 100_000),
+         ["seed: unreadable value"]),
+    ],
+)
+def test_malformed_multipart_bodies_are_400_naming_what_was_expected(client, content_type,
+                                                                     body, fragments):
+    response = client.post("/predict_image", content=body.encode(),
+                           headers={"content-type": content_type})
+    assert_error(response, 400, *fragments)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` gray pixels (no data follows)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_an_image_too_large_to_decode_is_400(client):
+    files = {"image": ("bomb.png", png_claiming(20_000, 20_000), "image/png")}
+    assert_error(client.post("/predict_image", files=files), 400, "image", "expected at most",
+                 "pixels")
+
+
+def test_a_wrong_method_is_405_with_the_allowed_ones(client):
+    response = client.get("/predict")
+    assert_error(response, 405)
+    assert response.headers["allow"] == "POST"
+
+
 def test_the_service_keeps_serving_after_bad_input(client):
     for _ in range(3):
         post(client, "/predict", '{"instances": [[')
@@ -143,3 +204,60 @@ def test_return_samples_is_bounded(client, monkeypatch):
     assert_error(response, 400, "return_samples", "at most 5 samples", "n_samples is 6")
     assert_error(post(client, "/predict", {"instances": [DIGIT], "return_samples": "yes"}), 400,
                  "return_samples")
+
+
+def test_a_budget_picks_the_largest_calibrated_n_that_fits_and_reports_it(client):
+    card_ns = bentoml.get_current_service().predictor.card.calibrated_n_samples
+    largest = max(n for n in card_ns if n <= 200)  # UQ_MAX_SAMPLES in the tests
+    response = post(client, "/predict", {"instances": [DIGIT], "latency_budget_ms": 60000})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    [prediction] = body["predictions"]
+    assert body["n_samples"] == prediction["n_samples"] == largest
+    assert prediction["budget_limited"] is False
+    response = post(client, "/predict_batched", {"items": [
+        {"instance": DIGIT, "latency_budget_ms": 60000, "min_samples": 150},
+        {"instance": DIGIT, "n_samples": 3}]})
+    assert [(p["n_samples"], p["budget_limited"]) for p in response.json()] == [(150, False),
+                                                                                 (3, False)]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/predict", {"instances": [DIGIT], "latency_budget_ms": 0.001}),
+     ("/predict", {"instances": [DIGIT], "n_samples": 5, "latency_budget_ms": 0.001}),
+     ("/predict_batched", {"items": [{"instance": DIGIT},
+                                     {"instance": DIGIT, "latency_budget_ms": 0.001}]})],
+)
+def test_a_budget_that_cannot_be_met_is_429_at_once_with_retry_after(client, path, body):
+    response = post(client, path, body)
+    assert_error(response, 429, "latency_budget_ms", "cannot be met now", "retry later")
+    assert int(response.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize(
+    ("item", "fragments"),
+    [({"latency_budget_ms": 0}, ["latency_budget_ms", "greater than 0"]),
+     ({"latency_budget_ms": -5}, ["latency_budget_ms", "greater than 0"]),
+     ({"latency_budget_ms": "fast"}, ["latency_budget_ms", "valid number"]),
+     ({"latency_budget_ms": None, "min_samples": 0}, ["min_samples", "greater than or equal"]),
+     ({"min_samples": 201}, ["min_samples", "less than or equal to 200"]),
+     ({"min_samples": 2.5}, ["min_samples", "valid integer"]),
+     ({"n_samples": 10, "min_samples": 11}, ["min_samples", "above n_samples (10)"]),
+     ({"n_samples": "auto", "min_samples": 2}, ["min_samples", '"auto" picks its own N'])],
+)
+def test_bad_budget_fields_are_400_naming_the_field(client, item, fragments):
+    assert_error(post(client, "/predict", {"instances": [DIGIT], **item}), 400, *fragments)
+    assert_error(post(client, "/predict_batched", {"items": [{"instance": DIGIT, **item}]}),
+                 400, *fragments)
+
+
+def test_an_overloaded_service_refuses_at_the_door_with_retry_after(client, monkeypatch):
+    scheduler = bentoml.get_current_service().scheduler
+    monkeypatch.setattr(scheduler, "max_latency", 1e-9)  # every prediction is late now
+    for path, body in (("/predict", {"instances": [DIGIT]}),
+                       ("/predict_batched", {"items": [{"instance": DIGIT}]})):
+        response = post(client, path, body)
+        assert_error(response, 429, "overloaded", "UQ_BATCH_MAX_LATENCY_MS", "retry later")
+        assert int(response.headers["retry-after"]) >= 1
+    assert post(client, "/metadata", {}).status_code == 200  # not a prediction route

@@ -1,16 +1,20 @@
 """Against a real ``bentoml serve`` process on loopback."""
 
 import io
+import json
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import bentoml
 import httpx
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from loadtest.server import ServerError, served
-from tests.conftest import DEFAULT_SAMPLES
+from tests.conftest import DEFAULT_SAMPLES, SERVICE_ENV
 from training.data import load_dataset
 
 
@@ -140,6 +144,26 @@ def test_batched_path_merges_concurrent_requests_with_mixed_n_samples(http, digi
     assert batch_size_metric(http, "count") - calls_before < 48  # ... in fewer engine calls
 
 
+def test_refusals_are_429_with_retry_after_and_counted_and_budgets_pick_n(http, digits):
+    def overloaded_count() -> float:
+        prefix = 'uq_overloaded_requests_total{endpoint="predict_batched"} '
+        lines = [line for line in http.get("/metrics").text.splitlines()
+                 if line.startswith(prefix)]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    before = overloaded_count()
+    instance = digits[0].tolist()
+    refused = http.post("/predict_batched",
+                        json={"items": [{"instance": instance, "latency_budget_ms": 0.001}]})
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert set(refused.json()) == {"error"} and "latency_budget_ms" in refused.json()["error"]
+    assert overloaded_count() == before + 1
+    answered = http.post("/predict_batched",
+                         json={"items": [{"instance": instance, "latency_budget_ms": 30000}]})
+    [prediction] = answered.json()
+    assert prediction["n_samples"] == 100 and prediction["budget_limited"] is False
+
+
 def batch_size_metric(http, suffix: str) -> float:
     name = f"uq_batch_size_{suffix} "
     lines = [line for line in http.get("/metrics").text.splitlines() if line.startswith(name)]
@@ -214,3 +238,37 @@ def test_return_samples_gives_every_sample_and_their_mean(http, digits):
     response = http.post("/predict_image", files=image_upload(pixels, "PNG"),
                          data={"n_samples": "3", "return_samples": "true"})
     assert np.asarray(response.json()["predictions"][0]["samples"]).shape == (3, 10)
+
+
+BODY_LIMIT = int(SERVICE_ENV["UQ_MAX_BODY_BYTES"])
+
+
+def urllib_post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
+    """POST with the standard library, which asks the server to close the connection
+    after the answer (``Connection: close``). Answered before its body was read, such
+    a request had its connection reset while the client was still sending (each of 10
+    bodies of 30 times the limit, measured), until the service read the body first."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.parametrize(("path", "content_type", "status", "fragment"), [
+    ("/predict", "application/json", 413, f"exceeds {BODY_LIMIT} bytes"),
+    ("/predict_image", "application/json", 415, "must be multipart/form-data"),
+    ("/v2/models/{name}/infer", "application/json", 413, f"exceeds {BODY_LIMIT} bytes"),
+])
+def test_a_client_still_sending_reads_an_error_answered_before_the_body(
+        server, classifier_tag, path, content_type, status, fragment):
+    url = server + path.format(name=classifier_tag.partition(":")[0])
+    body = b"[" + b"1," * (15 * BODY_LIMIT) + b"1]"  # 30 times the limit
+    for _ in range(3):  # before the body was read on, each was reset here
+        answered, error = urllib_post(url, body, content_type)
+        assert answered == status and fragment in error["error"], error
+    # requests keeps the connection alive (uvicorn drops the rest of the body itself)
+    response = requests.post(url, data=body[:3 * BODY_LIMIT], timeout=60,
+                             headers={"Content-Type": content_type})
+    assert response.status_code == status and fragment in response.json()["error"]

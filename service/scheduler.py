@@ -1,0 +1,517 @@
+"""Every engine call of the service, on one lane: admission by queued work, latency
+budgets, continuous batching by rows and instances, big requests sliced and
+interleaved with small ones.
+
+Work: one request's (or one batched item's) instances ``x`` ``[batch, *input_shape]``
+at one ``n_samples``. Its engine rows (batch x N, instance-major) are cut into
+slices of at most :data:`SLICE_ROWS` rows, a fixed function of the request alone:
+whole instances when N fits a slice, else one instance's samples in nearly equal
+parts. "auto" is sliced by instances, as many as its mean N on the calibration
+split expects to fit.
+
+Rounds: while the engine thread draws one round, requests queue; the next round
+takes the next slice of each queued work in arrival order, as long as the round
+stays within ``max_rows`` rows and ``max_instances`` instances (a work that does
+not fit waits a round; the first always fits). While short works (a single
+slice) wait, a round with slices of long works is followed by one without: a
+small request waits for at most one slice of each big one, and big ones still
+get every other round. Unseeded fixed-N slices of every work share one engine
+call, and unseeded "auto" slices one sequential draw; seeded slices run as calls
+of their own, slice ``k`` with a seed derived from the request's seed and ``k``
+(slice 0: the seed itself), so that the same seed gives the same answer whatever
+else is queued.
+
+Admission, when a request arrives: refused (:class:`Overloaded`, 429) when the rows
+admitted and not yet drawn would pass ``max_queued_rows`` (an empty queue admits
+anything), or when the work is predicted to finish after its deadline: the
+request's ``latency_budget_ms``, else ``max_latency`` or twice its own engine time,
+whichever is longer. The prediction: the round in flight, then the rounds this
+work needs, each holding as much of every queued work as it will (a slice of
+each), priced by :class:`CostModel`. With a budget and no N, the work takes the
+largest of its candidate N that is predicted to fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from service import metrics
+from service.schemas import AUTO, Prediction
+
+logger = logging.getLogger(__name__)
+
+#: Rows of one slice of a work: a round with a slice of a big request takes about
+#: 12 ms on the 2-core machine (benchmarks/overload.py measures the effect).
+SLICE_ROWS = 512
+
+
+class Overloaded(Exception):
+    """429: the work cannot be admitted now; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """Instances ``[start, stop)`` of a work, ``samples`` samples each."""
+
+    index: int
+    start: int
+    stop: int
+    samples: int
+    rows: float  # engine rows (expected, for "auto")
+
+    @property
+    def instances(self) -> int:
+        return self.stop - self.start
+
+
+@dataclasses.dataclass(eq=False)
+class Work:
+    """One request's engine work. ``n_samples`` None: the scheduler picks from
+    ``choices`` (descending) the largest N that meets ``deadline``."""
+
+    x: np.ndarray  # [batch, *input_shape]
+    n_samples: int | str | None
+    choices: tuple[int, ...] = ()
+    deadline: float | None = None  # time.perf_counter() seconds
+    seed: int | None = None
+    risk_threshold: float | None = None
+    return_samples: bool = False
+    arrived: float = dataclasses.field(default_factory=time.perf_counter)
+    # set at admission and while it runs
+    budget_limited: bool = False
+    slices: list[Slice] = dataclasses.field(default_factory=list)
+    remaining_rows: float = 0.0  # rows of the slices not yet started
+    short: bool = True  # a single slice: it never waits behind a long work's slices
+    parts: list[list[np.ndarray]] = dataclasses.field(default_factory=list)  # per instance
+    predictions: list[Prediction] = dataclasses.field(default_factory=list)  # "auto"
+    engine_seconds: float = 0.0  # rounds it took part in
+    predicted_finish: float = 0.0  # time.perf_counter() seconds, by the cost model alone
+    future: asyncio.Future | None = None
+    cancelled: bool = False
+
+    @property
+    def batch(self) -> int:
+        return len(self.x)
+
+    @property
+    def unseeded_fixed(self) -> bool:
+        return self.seed is None and self.n_samples != AUTO
+
+    @property
+    def done(self) -> bool:
+        return not self.slices
+
+
+class CostModel:
+    """Seconds of one round: ``overhead + per_row * rows + per_instance * instances``,
+    fitted online by least squares that weigh the last ``memory`` rounds most, kept
+    near a prior (two pseudo-rounds) until rounds of different sizes have been seen."""
+
+    def __init__(self, overhead: float = 0.002, per_row: float = 2.5e-5,
+                 per_instance: float = 1e-4, memory: int = 500) -> None:
+        self.decay = 1 - 1 / memory
+        prior = np.array([overhead, per_row, per_instance])
+        points = np.array([[1, 1, 1], [1, SLICE_ROWS, 1], [1, SLICE_ROWS, SLICE_ROWS // 30]],
+                          dtype=float)
+        self._prior_gram = points.T @ points
+        self._prior_moment = points.T @ (points @ prior)
+        self._gram = np.zeros((3, 3))  # decayed sum of features x features^T
+        self._moment = np.zeros(3)  # decayed sum of features x seconds
+        self.coefficients = prior
+
+    def observe(self, rows: float, instances: int, seconds: float) -> None:
+        features = np.array([1.0, rows, instances])
+        self._gram = self.decay * self._gram + np.outer(features, features)
+        self._moment = self.decay * self._moment + features * seconds
+        solved = np.linalg.solve(self._gram + self._prior_gram,
+                                 self._moment + self._prior_moment)
+        self.coefficients = np.maximum(solved, [0.0, 1e-7, 0.0])
+
+    def seconds(self, rounds: int, rows: float, instances: float) -> float:
+        overhead, per_row, per_instance = self.coefficients
+        return rounds * overhead + rows * per_row + instances * per_instance
+
+
+class LoopLag:
+    """How late the event loop runs a timer: about what a request that has just reached
+    the service waited before its first step (reading and parsing it come after), which
+    no request can measure for itself. A maximum of probes every ``PERIOD`` seconds that
+    decays by ``DECAY`` per probe."""
+
+    PERIOD = 0.005
+    DECAY = 0.8
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    async def watch(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(self.PERIOD)
+            late = time.perf_counter() - started - self.PERIOD
+            self.seconds = max(late, self.seconds * self.DECAY)
+
+
+class Lateness:
+    """How much later than the cost model predicted works finish (the event loop's time
+    for reading, checking and answering requests, which no round measures): a running
+    ``QUANTILE`` of (finished - predicted), added to every prediction, so that budgets
+    are met that often. A stochastic quantile estimate: each observation moves it up by
+    ``QUANTILE * STEP`` seconds if late, down by ``(1 - QUANTILE) * STEP`` otherwise."""
+
+    QUANTILE = 0.95
+    STEP = 0.002
+    #: Without observations (nothing admitted, nothing finishing) the estimate halves
+    #: every this many seconds, so that a refusing service learns again.
+    HALF_LIFE = 1.0
+
+    def __init__(self) -> None:
+        self._estimate = 0.0
+        self._at = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self._estimate * 0.5 ** ((time.perf_counter() - self._at) / self.HALF_LIFE)
+
+    def observe(self, late: float) -> None:
+        estimate = self.seconds
+        self._estimate = estimate + self.STEP * (self.QUANTILE - (late <= estimate))
+        self._at = time.perf_counter()
+
+
+@dataclasses.dataclass
+class _Round:
+    started: float
+    rows: float
+    instances: int
+
+
+class Scheduler:
+    """Runs works on one engine thread (the predictor's), in rounds; see the module
+    docstring. Call :meth:`run` from the event loop."""
+
+    def __init__(self, predictor, *, max_rows: int, max_instances: int,
+                 max_queued_rows: int, max_latency: float) -> None:
+        self.predictor = predictor
+        self.max_rows = max_rows
+        self.max_instances = max_instances
+        self.max_queued_rows = max_queued_rows
+        self.max_latency = max_latency
+        self.costs = CostModel()
+        self._works: dict[Work, None] = {}  # admitted and unfinished, in arrival order
+        self._round: _Round | None = None
+        self._long_last = False  # whether the last round held slices of long works
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="uq-engine")
+        self.lag = LoopLag()
+        self.lateness = Lateness()
+        self._wake: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def queued_rows(self) -> float:
+        """Rows admitted and not yet handed to the engine."""
+        return sum(work.remaining_rows for work in self._works)
+
+    async def run(self, works: Sequence[Work]) -> list[list[Prediction]]:
+        """Admit ``works`` together (or raise :class:`Overloaded` for all), then wait for
+        their predictions."""
+        self._admit(works)
+        loop = asyncio.get_running_loop()
+        self._ensure_serving(loop)
+        for work in works:
+            work.future = loop.create_future()
+            self._works[work] = None
+        self._wake.set()
+        try:
+            results = [await work.future for work in works]
+        except asyncio.CancelledError:  # the client went away: draw nothing more for it
+            for work in works:
+                work.cancelled = True
+            raise
+        finished = time.perf_counter()
+        for work in works:
+            self.lateness.observe(finished - work.predicted_finish)
+        return results
+
+    # admission
+
+    def refusal_at_the_door(self, n_samples: int) -> Overloaded | None:
+        """Overloaded when a request of one instance at ``n_samples`` arriving now is
+        predicted to finish after ``max_latency`` (the loop's lag counted): the
+        middleware refuses such requests before reading them, which costs a tenth of
+        refusing them at admission, so that refusals do not eat the capacity."""
+        predicted = (self.lag.seconds + self.lateness.seconds
+                     + self._predicted_seconds(1, n_samples, 1, self._ahead()))
+        if predicted <= self.max_latency:
+            return None
+        return Overloaded(f"the service is overloaded: a prediction would take about "
+                          f"{predicted * 1000:.0f} ms now (UQ_BATCH_MAX_LATENCY_MS="
+                          f"{self.max_latency * 1000:.0f}); retry later", self._drain_seconds())
+
+    def _admit(self, works: Sequence[Work]) -> None:
+        now = time.perf_counter()
+        ahead = self._ahead()
+        queued = sum(rows for rows, _, _ in ahead)
+        for work in works:
+            self._choose(work, ahead, now)
+            rows = work.remaining_rows
+            if ahead and queued + rows > self.max_queued_rows:
+                raise Overloaded(
+                    f"the service has {queued:.0f} engine rows queued and this request needs "
+                    f"{rows:.0f} more (UQ_MAX_QUEUED_ROWS={self.max_queued_rows}); retry later",
+                    self._drain_seconds(),
+                )
+            ahead.append((rows, work.slices[0].rows, work.slices[0].instances))
+            queued += rows
+
+    def _choose(self, work: Work, ahead: list, now: float) -> None:
+        """Set the work's N (the largest of its choices that fits, with a budget) and plan
+        its slices; raise Overloaded when its deadline cannot be met."""
+        candidates = (work.n_samples,) if work.n_samples is not None else work.choices
+        finish = math.inf
+        for n_samples in candidates:
+            self._plan(work, n_samples)
+            predicted = now + self._predicted_seconds(len(work.slices), work.remaining_rows,
+                                                      work.batch, ahead)
+            # before the request's first step it waited about the loop's lag
+            finish = predicted + self.lateness.seconds + self.lag.seconds
+            deadline = work.deadline
+            if deadline is None:
+                own = self.costs.seconds(len(work.slices), work.remaining_rows, work.batch)
+                deadline = work.arrived + max(self.max_latency, 2 * own)
+            if finish <= deadline:
+                work.budget_limited = n_samples != candidates[0]
+                work.predicted_finish = predicted
+                return
+        needed = (finish - work.arrived) * 1000
+        if work.deadline is None:
+            problem = (f"the service cannot answer within {self.max_latency * 1000:.0f} ms "
+                       f"(UQ_BATCH_MAX_LATENCY_MS) now: about {needed:.0f} ms")
+        else:
+            budget = (work.deadline - work.arrived) * 1000
+            problem = (f"latency_budget_ms: {budget:g} ms cannot be met now, even at "
+                       f"{work.n_samples} samples (about {needed:.0f} ms)")
+        raise Overloaded(f"{problem}; retry later", self._drain_seconds())
+
+    def _plan(self, work: Work, n_samples: int | str) -> None:
+        work.n_samples = n_samples
+        if n_samples == AUTO:
+            auto = self.predictor.auto
+            per_slice = max(1, int(SLICE_ROWS // auto.mean_n_samples))
+            work.slices = [
+                Slice(index, start, min(start + per_slice, work.batch), auto.max_samples,
+                      (min(start + per_slice, work.batch) - start) * auto.mean_n_samples)
+                for index, start in enumerate(range(0, work.batch, per_slice))
+            ]
+        elif n_samples <= SLICE_ROWS:
+            per_slice = SLICE_ROWS // n_samples
+            work.slices = [
+                Slice(index, start, min(start + per_slice, work.batch), n_samples,
+                      (min(start + per_slice, work.batch) - start) * n_samples)
+                for index, start in enumerate(range(0, work.batch, per_slice))
+            ]
+        else:  # one instance per slice, its samples in nearly equal parts
+            parts = -(-n_samples // SLICE_ROWS)
+            sizes = [len(part) for part in np.array_split(np.arange(n_samples), parts)]
+            work.slices = [
+                Slice(instance * parts + part, instance, instance + 1, size, size)
+                for instance in range(work.batch) for part, size in enumerate(sizes)
+            ]
+        work.remaining_rows = sum(piece.rows for piece in work.slices)
+        work.short = len(work.slices) == 1
+
+    def _ahead(self) -> list[tuple[float, float, int]]:
+        """Remaining rows, and rows and instances of the next slice, of each queued work."""
+        return [(work.remaining_rows, work.slices[0].rows if work.slices else 0.0,
+                 work.slices[0].instances if work.slices else 0) for work in self._works]
+
+    def _predicted_seconds(self, slices: int, rows: float, instances: int,
+                           ahead: list[tuple[float, float, int]]) -> float:
+        """Seconds until work of ``slices`` slices, ``rows`` rows and ``instances`` instances
+        would be drawn, after the round in flight and beside ``ahead`` (:meth:`_ahead`)."""
+        for remaining, slice_rows, slice_instances in ahead:
+            share = min(remaining, slices * slice_rows)
+            rows += share
+            instances += share / max(slice_rows, 1e-9) * slice_instances
+        rounds = max(slices, math.ceil(rows / self.max_rows),
+                     math.ceil(instances / self.max_instances))
+        return self._round_left() + self.costs.seconds(rounds, rows, instances)
+
+    def _round_left(self) -> float:
+        if self._round is None:
+            return 0.0
+        expected = self.costs.seconds(1, self._round.rows, self._round.instances)
+        return max(0.0, self._round.started + expected - time.perf_counter())
+
+    def _drain_seconds(self) -> float:
+        """Seconds until the queued work is drawn: the Retry-After of a refusal."""
+        rows = self.queued_rows
+        rounds = math.ceil(rows / self.max_rows)
+        return self._round_left() + self.costs.seconds(rounds, rows, 0)
+
+    # the rounds
+
+    def _ensure_serving(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._tasks or self._tasks[0].done() or self._tasks[0].get_loop() is not loop:
+            self._wake = asyncio.Event()
+            self._tasks = [loop.create_task(self._serve(), name="uq-scheduler"),
+                           loop.create_task(self.lag.watch(), name="uq-loop-lag")]
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            pieces = self._next_round()
+            if not pieces:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            rows = sum(piece.rows for _, piece in pieces)
+            instances = sum(piece.instances for _, piece in pieces)
+            self._round = _Round(time.perf_counter(), rows, instances)
+            metrics.BATCH_SIZE.observe(instances)
+            metrics.QUEUED_ROWS.set(self.queued_rows)
+            try:
+                finished = await loop.run_in_executor(self._executor, self._draw, pieces)
+            except Exception as error:  # a server fault: fail this round's works, go on
+                logger.exception("an engine round failed")
+                self._fail({work for work, _ in pieces}, error)
+                continue
+            finally:
+                elapsed = time.perf_counter() - self._round.started
+                self._round = None
+            self.costs.observe(rows, instances, elapsed)
+            for work in {work for work, _ in pieces}:
+                work.engine_seconds += elapsed
+            for work in finished:
+                self._works.pop(work, None)
+                if not work.future.done():
+                    work.future.set_result(work.predictions)
+            metrics.QUEUED_ROWS.set(self.queued_rows)
+
+    def _next_round(self) -> list[tuple[Work, Slice]]:
+        """The next slice of each queued work, in arrival order, within the round's caps;
+        while short works (one slice) wait, every other round leaves the long ones out."""
+        for work in [work for work in self._works if work.cancelled]:
+            self._works.pop(work)
+        with_long = not (self._long_last and any(work.short for work in self._works))
+        pieces, rows, instances = [], 0.0, 0
+        for work in self._works:
+            if not (work.short or with_long):
+                continue
+            piece = work.slices[0]
+            if pieces and (rows + piece.rows > self.max_rows
+                           or instances + piece.instances > self.max_instances):
+                continue
+            work.slices.pop(0)
+            work.remaining_rows -= piece.rows
+            pieces.append((work, piece))
+            rows += piece.rows
+            instances += piece.instances
+        self._long_last = any(not work.short for work, _ in pieces)
+        return pieces
+
+    def _fail(self, works: set[Work], error: Exception) -> None:
+        for work in works:
+            self._works.pop(work, None)
+            if not work.future.done():
+                work.future.set_exception(error)
+
+    # in the engine thread
+
+    def _draw(self, pieces: list[tuple[Work, Slice]]) -> list[Work]:
+        """Draw one round; return the works it finished, their predictions set."""
+        fixed = [(work, piece) for work, piece in pieces if work.unseeded_fixed]
+        if fixed:
+            self._draw_fixed(fixed)
+        autos: dict[tuple, list[tuple[Work, Slice]]] = {}
+        for work, piece in pieces:
+            if work.n_samples == AUTO and work.seed is None:
+                autos.setdefault((work.risk_threshold, work.return_samples), []).append(
+                    (work, piece))
+            elif not work.unseeded_fixed:
+                self._draw_seeded(work, piece)
+        for (risk_threshold, return_samples), group in autos.items():
+            self._draw_auto(group, risk_threshold, return_samples)
+        finished = [work for work in dict.fromkeys(work for work, _ in pieces)
+                    if work.done and not work.cancelled]
+        self._finish([work for work in finished if work.n_samples != AUTO])
+        return finished
+
+    def _draw_fixed(self, pieces: list[tuple[Work, Slice]]) -> None:
+        """One engine call for the unseeded fixed-N slices of every work."""
+        x = np.concatenate([work.x[piece.start:piece.stop] for work, piece in pieces])
+        counts = np.concatenate([np.full(piece.instances, piece.samples) for _, piece in pieces])
+        arrays = self.predictor.engine.sample_ragged(x, counts)  # one [count, classes] per row
+        offset = 0
+        for work, piece in pieces:
+            _keep(work, piece, arrays[offset:offset + piece.instances])
+            offset += piece.instances
+
+    def _draw_auto(self, pieces: list[tuple[Work, Slice]], risk_threshold: float | None,
+                   return_samples: bool) -> None:
+        """One sequential draw ("auto") for the unseeded "auto" slices with these options."""
+        x = np.concatenate([work.x[piece.start:piece.stop] for work, piece in pieces])
+        predictions = self.predictor.predict(x, n_samples=AUTO, risk_threshold=risk_threshold,
+                                             return_samples=return_samples)
+        offset = 0
+        for work, piece in pieces:
+            work.predictions += predictions[offset:offset + piece.instances]
+            offset += piece.instances
+
+    def _draw_seeded(self, work: Work, piece: Slice) -> None:
+        """A seeded slice, alone: its samples depend on its work and index only."""
+        seed = _slice_seed(work.seed, piece.index)
+        x = work.x[piece.start:piece.stop]
+        if work.n_samples == AUTO:
+            work.predictions += self.predictor.predict(
+                x, n_samples=AUTO, seed=seed, risk_threshold=work.risk_threshold,
+                return_samples=work.return_samples)
+        else:
+            _keep(work, piece, self.predictor.engine.sample_ragged(
+                x, [piece.samples] * piece.instances, seed))
+
+    def _finish(self, works: list[Work]) -> None:
+        """Predictions of finished fixed-N works; those with the same N and options
+        share one summary."""
+        groups: dict[tuple, list[Work]] = {}
+        for work in works:
+            key = (work.n_samples, work.risk_threshold, work.return_samples)
+            groups.setdefault(key, []).append(work)
+        for (_, risk_threshold, return_samples), group in groups.items():
+            samples = np.stack([np.concatenate(parts) for work in group for parts in work.parts],
+                               axis=1)  # [n_samples, instances, classes]
+            predictions = self.predictor.predictions(samples, risk_threshold, return_samples)
+            offset = 0
+            for work in group:
+                work.predictions = predictions[offset:offset + work.batch]
+                work.parts = []
+                offset += work.batch
+
+
+def _keep(work: Work, piece: Slice, arrays: Sequence[np.ndarray]) -> None:
+    """Add a slice's samples (one ``[samples, classes]`` array per instance) to its work."""
+    if not work.parts:
+        work.parts = [[] for _ in range(work.batch)]
+    for instance, array in zip(range(piece.start, piece.stop), arrays, strict=True):
+        work.parts[instance].append(array)
+
+
+def _slice_seed(seed: int | None, index: int) -> int | None:
+    """Slice 0 draws with the request's seed (as a request of one slice always did);
+    slice k with a seed derived from both."""
+    if seed is None or index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)

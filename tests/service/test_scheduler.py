@@ -1,0 +1,201 @@
+"""The scheduler (service/scheduler.py) over the session's real tiny classifier: batching,
+slicing, seeds, admission, budgets, fairness and cancellation, on an event loop of its own."""
+
+import asyncio
+import time
+
+import bentoml
+import numpy as np
+import pytest
+
+from service.scheduler import SLICE_ROWS, CostModel, Lateness, LoopLag, Overloaded, Scheduler, Work
+from training.data import load_dataset
+
+
+@pytest.fixture(scope="module")
+def predictor(classifier_tag):
+    from service.predictor import Predictor
+
+    return Predictor.load(bentoml.models.get(classifier_tag), None, warm_up_batch=4)
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    return load_dataset("digits").x_test[:16]  # [16, 8, 8, 1]
+
+
+def scheduler(predictor, **limits) -> Scheduler:
+    options = {"max_rows": 2048, "max_instances": 64, "max_queued_rows": 10**6,
+               "max_latency": 60.0, **limits}
+    return Scheduler(predictor, **options)
+
+
+def run(*coroutines):
+    async def together():
+        return await asyncio.gather(*coroutines)
+
+    return asyncio.run(together())
+
+
+def probabilities(predictions) -> np.ndarray:
+    return np.array([p.probabilities for p in predictions])
+
+
+def test_concurrent_works_share_rounds_and_keep_their_own_n(predictor, x):
+    lane = scheduler(predictor)
+    works = [Work(x[:3], 5), Work(x[3:4], 30), Work(x[4:8], 1)]
+    results = run(*(lane.run([work]) for work in works))
+    for work, [predictions] in zip(works, results, strict=True):
+        assert len(predictions) == work.batch
+        assert {p.n_samples for p in predictions} == {work.n_samples}
+        assert {p.risk.calibrated_n_samples for p in predictions} == {work.n_samples}
+    assert lane.queued_rows == 0
+
+
+def test_a_seeded_work_is_the_same_alone_beside_others_and_as_the_predictor_draws_it(
+        predictor, x):
+    alone = run(scheduler(predictor).run([Work(x[:4], 20, seed=11)]))[0][0]
+    lane = scheduler(predictor)
+    beside = run(lane.run([Work(x[4:], 20)]), lane.run([Work(x[:4], 20, seed=11)]),
+                 lane.run([Work(x[:2], 7, seed=3)]))[1][0]
+    direct = predictor.predict(x[:4], n_samples=20, seed=11)
+    np.testing.assert_array_equal(probabilities(alone), probabilities(beside))
+    np.testing.assert_array_equal(probabilities(alone), probabilities(direct))
+
+
+def test_a_big_work_is_sliced_and_its_samples_are_independent(predictor, x):
+    n_samples = 2 * SLICE_ROWS + 100  # three slices of one instance each
+    work = Work(x[:2], n_samples, seed=5, return_samples=True)
+    [[[first, second]]] = run(scheduler(predictor).run([work]))
+    again = run(scheduler(predictor).run([Work(x[:2], n_samples, seed=5,
+                                               return_samples=True)]))[0][0]
+    assert first.n_samples == n_samples and len(first.samples) == n_samples
+    assert first.samples == again[0].samples and second.samples == again[1].samples
+    samples = np.array(first.samples)  # [n_samples, classes]
+    parts = np.array_split(samples, 3)
+    assert not np.array_equal(parts[0][:100], parts[1][:100])  # slices draw fresh masks
+    np.testing.assert_allclose(first.probabilities, samples.mean(axis=0), rtol=1e-5)
+
+
+def test_auto_works_report_each_rows_n(predictor, x):
+    [[predictions]] = run(scheduler(predictor).run([Work(x[:6], "auto", seed=2)]))
+    assert len(predictions) == 6
+    assert {p.risk.calibrated_n_samples for p in predictions} == {"auto"}
+    assert all(p.n_samples in predictor.auto.schedule for p in predictions)
+
+
+def test_queued_rows_past_the_bound_are_refused_but_an_empty_queue_admits_anything(
+        predictor, x):
+    lane = scheduler(predictor, max_queued_rows=100)
+
+    async def scenario():
+        big = asyncio.ensure_future(lane.run([Work(x, 50)]))  # 800 rows > 100
+        await asyncio.sleep(0)
+        assert lane.queued_rows > 100
+        with pytest.raises(Overloaded) as refused:
+            await lane.run([Work(x[:1], 5)])
+        return await big, refused.value
+
+    [([predictions], refusal)] = run(scenario())
+    assert len(predictions) == len(x)
+    assert "UQ_MAX_QUEUED_ROWS=100" in refusal.message and refusal.retry_after > 0
+
+
+def test_a_budget_picks_the_largest_choice_predicted_to_fit(predictor, x):
+    lane = scheduler(predictor)
+    # before any round, the prior alone prices the work: 10 ms + 1 ms per row
+    lane.costs = CostModel(overhead=0.010, per_row=0.001, per_instance=0.0)
+    work = Work(x[:1], None, choices=(100, 50, 10, 1))
+    work.deadline = work.arrived + 0.0605
+    [[[prediction]]] = run(lane.run([work]))
+    assert work.n_samples == 50 and work.budget_limited
+    assert prediction.n_samples == 50
+
+
+def test_a_budget_that_cannot_be_met_even_at_the_fewest_samples_is_refused(predictor, x):
+    lane = scheduler(predictor)
+    lane.costs = CostModel(overhead=0.010, per_row=0.001, per_instance=0.0)
+    work = Work(x[:1], None, choices=(10, 5))
+    work.deadline = work.arrived + 0.005
+    with pytest.raises(Overloaded, match=r"latency_budget_ms: 5 ms cannot be met now, "
+                                         r"even at 5 samples"):
+        run(lane.run([work]))
+    assert lane.queued_rows == 0
+
+
+def test_without_a_budget_work_past_the_latency_bound_is_refused(predictor, x):
+    lane = scheduler(predictor, max_latency=0.05)
+    lane.costs = CostModel(overhead=0.010, per_row=0.001, per_instance=0.0)
+    run(lane.run([Work(x[:1], 30)]))  # 40 ms predicted: admitted (the fit then moves)
+    lane.costs = CostModel(overhead=0.010, per_row=0.001, per_instance=0.0)
+    with pytest.raises(Overloaded, match="UQ_BATCH_MAX_LATENCY_MS"):
+        run(lane.run([Work(x[:1], 41), Work(x[:1], 10)]))  # the second: 61 ms
+    # a work whose own engine time (110 ms) passes the bound is judged against twice that
+    lane.costs = CostModel(overhead=0.010, per_row=0.001, per_instance=0.0)
+    run(lane.run([Work(x[:1], 100)]))
+
+
+def test_short_works_do_not_wait_behind_a_long_one(predictor, x):
+    lane = scheduler(predictor, max_rows=SLICE_ROWS)
+    finished = []
+
+    async def timed(name, work):
+        await lane.run([work])
+        finished.append(name)
+
+    async def scenario():
+        long = asyncio.ensure_future(timed("long", Work(x, 200)))  # 16 slices of 2 instances
+        await asyncio.sleep(0.01)
+        await asyncio.gather(*(timed(f"short{i}", Work(x[i:i + 1], 8)) for i in range(4)))
+        await long
+
+    run(scenario())
+    assert finished[-1] == "long"
+
+
+def test_a_cancelled_work_draws_nothing_more(predictor, x):
+    lane = scheduler(predictor)
+
+    async def scenario():
+        task = asyncio.ensure_future(lane.run([Work(x, SLICE_ROWS * 4)]))  # 64 slices
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await lane.run([Work(x[:1], 5)])  # the next round drops the cancelled work
+        return lane.queued_rows, len(lane._works)
+
+    assert run(scenario()) == [(0, 0)]
+
+
+def test_the_cost_model_learns_a_linear_cost():
+    costs = CostModel()
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        rows, instances = rng.integers(1, 2048), rng.integers(1, 64)
+        costs.observe(rows, instances, 0.003 + 2e-5 * rows + 5e-5 * instances)
+    np.testing.assert_allclose(costs.coefficients, [0.003, 2e-5, 5e-5], rtol=0.05)
+    assert costs.seconds(2, 1000, 10) == pytest.approx(0.006 + 0.02 + 0.0005, rel=0.05)
+
+
+def test_lateness_tracks_the_95th_percentile_of_how_late_works_finish():
+    lateness = Lateness()
+    for late in np.random.default_rng(0).exponential(0.010, size=20_000):
+        lateness.observe(late)
+    assert lateness.seconds == pytest.approx(0.010 * np.log(20), rel=0.15)  # exp. quantile
+
+
+def test_loop_lag_sees_a_blocked_event_loop():
+    lag = LoopLag()
+
+    async def scenario():
+        watcher = asyncio.ensure_future(lag.watch())
+        await asyncio.sleep(0.02)
+        quiet = lag.seconds
+        time.sleep(0.05)  # the loop is blocked
+        await asyncio.sleep(0.006)
+        watcher.cancel()
+        return quiet, lag.seconds
+
+    [(quiet, blocked)] = run(scenario())
+    assert quiet < 0.01 and blocked > 0.04
