@@ -28,6 +28,7 @@ import bentoml
 
 from service import metrics, request_ids
 from service.adapter import TooManyRequests, error_message, form_problem
+from service.door import Door
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -46,9 +47,10 @@ DRAIN_FACTOR, DRAIN_AT_LEAST = 4, 16 * 2**20
 
 
 class ServiceMiddleware:
-    def __init__(self, app, max_body_bytes: int) -> None:
+    def __init__(self, app, max_body_bytes: int, max_latency_seconds: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.door = Door(max_latency_seconds)
         self.drain_limit = drain_limit(max_body_bytes)
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
@@ -108,12 +110,19 @@ class ServiceMiddleware:
             if problem:
                 await responder.error(400, problem)
                 return
-        refusal = _refusal_at_the_door(path)
-        if refusal:  # before BentoML parses the body: a tenth of the cost of a late refusal
-            await responder.error(429, refusal.message,
-                                  [(b"retry-after", str(refusal.retry_after).encode())])
+        if path not in PREDICTION_ROUTES:
+            await self.app(scope, _replay(body, receive), responder)
             return
-        await self.app(scope, _replay(body, receive), responder)
+        refusal = self.door.refusal()
+        if refusal:  # before BentoML parses the body: a tenth of the cost of a late refusal
+            retry_after = TooManyRequests(refusal, self.door.retry_after()).retry_after
+            await responder.error(429, refusal, [(b"retry-after", str(retry_after).encode())])
+            return
+        self.door.enter()
+        try:
+            await self.app(scope, _replay(body, receive), responder)
+        finally:
+            self.door.leave()
 
     async def _refuse(self, receive: Receive, responder: _Responder, status: int,
                       message: str) -> None:
@@ -169,16 +178,6 @@ async def _drop(receive: Receive, limit: int) -> None:
         if message["type"] == "http.disconnect" or not message.get("more_body"):
             return
         limit -= len(message.get("body", b""))
-
-
-def _refusal_at_the_door(path: str) -> TooManyRequests | None:
-    """429 for a prediction request when the scheduler predicts that even one instance at
-    the default N would be late (service/scheduler.py)."""
-    if path not in PREDICTION_ROUTES:
-        return None
-    service = bentoml.get_current_service()
-    refusal = service.scheduler.refusal_at_the_door(service.predictor.default_samples)
-    return refusal and TooManyRequests(refusal.message, refusal.retry_after)
 
 
 def _with_request_id(send: Send, request_id: bytes) -> Send:

@@ -148,11 +148,11 @@ class CostModel:
 class LoopLag:
     """How late the event loop runs a timer: about what a request that has just reached
     the service waited before its first step (reading and parsing it come after), which
-    no request can measure for itself. A maximum of probes every ``PERIOD`` seconds that
-    decays by ``DECAY`` per probe."""
+    no request can measure for itself. An exponentially weighted mean of probes every
+    ``PERIOD`` seconds, each weighing ``WEIGHT``."""
 
     PERIOD = 0.005
-    DECAY = 0.8
+    WEIGHT = 0.2
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -162,7 +162,7 @@ class LoopLag:
             started = time.perf_counter()
             await asyncio.sleep(self.PERIOD)
             late = time.perf_counter() - started - self.PERIOD
-            self.seconds = max(late, self.seconds * self.DECAY)
+            self.seconds += self.WEIGHT * (late - self.seconds)
 
 
 class Lateness:
@@ -248,25 +248,13 @@ class Scheduler:
 
     # admission
 
-    def refusal_at_the_door(self, n_samples: int) -> Overloaded | None:
-        """Overloaded when a request of one instance at ``n_samples`` arriving now is
-        predicted to finish after ``max_latency`` (the loop's lag counted): the
-        middleware refuses such requests before reading them, which costs a tenth of
-        refusing them at admission, so that refusals do not eat the capacity."""
-        predicted = (self.lag.seconds + self.lateness.seconds
-                     + self._predicted_seconds(1, n_samples, 1, self._ahead()))
-        if predicted <= self.max_latency:
-            return None
-        return Overloaded(f"the service is overloaded: a prediction would take about "
-                          f"{predicted * 1000:.0f} ms now (UQ_BATCH_MAX_LATENCY_MS="
-                          f"{self.max_latency * 1000:.0f}); retry later", self._drain_seconds())
-
     def _admit(self, works: Sequence[Work]) -> None:
         now = time.perf_counter()
         ahead = self._ahead()
         queued = sum(rows for rows, _, _ in ahead)
         for work in works:
             self._choose(work, ahead, now)
+            self._delay_queued(work)
             rows = work.remaining_rows
             if ahead and queued + rows > self.max_queued_rows:
                 raise Overloaded(
@@ -278,25 +266,26 @@ class Scheduler:
             queued += rows
 
     def _choose(self, work: Work, ahead: list, now: float) -> None:
-        """Set the work's N (the largest of its choices that fits, with a budget) and plan
-        its slices; raise Overloaded when its deadline cannot be met."""
+        """Set the work's N and plan its slices: the largest of its choices predicted to
+        meet the deadline, the lateness and the loop's lag counted; else the smallest if
+        the scheduler's own queue meets it (what the loop adds lowers N, but refusing
+        for it would only add refusals for the loop to answer); else Overloaded."""
         candidates = (work.n_samples,) if work.n_samples is not None else work.choices
-        finish = math.inf
+        # before the request's first step it waited about the loop's lag
+        margin = self.lateness.seconds + self.lag.seconds
+        slack = self._slack(margin) if len(candidates) > 1 else math.inf
         for n_samples in candidates:
             self._plan(work, n_samples)
             predicted = now + self._predicted_seconds(len(work.slices), work.remaining_rows,
                                                       work.batch, ahead)
-            # before the request's first step it waited about the loop's lag
-            finish = predicted + self.lateness.seconds + self.lag.seconds
-            deadline = work.deadline
-            if deadline is None:
-                own = self.costs.seconds(len(work.slices), work.remaining_rows, work.batch)
-                deadline = work.arrived + max(self.max_latency, 2 * own)
-            if finish <= deadline:
+            work.predicted_finish = predicted
+            if predicted + margin <= self._deadline(work) and self._growth(work) <= slack:
                 work.budget_limited = n_samples != candidates[0]
-                work.predicted_finish = predicted
                 return
-        needed = (finish - work.arrived) * 1000
+        if predicted <= self._deadline(work):
+            work.budget_limited = len(candidates) > 1
+            return
+        needed = (predicted - work.arrived) * 1000
         if work.deadline is None:
             problem = (f"the service cannot answer within {self.max_latency * 1000:.0f} ms "
                        f"(UQ_BATCH_MAX_LATENCY_MS) now: about {needed:.0f} ms")
@@ -305,6 +294,31 @@ class Scheduler:
             problem = (f"latency_budget_ms: {budget:g} ms cannot be met now, even at "
                        f"{work.n_samples} samples (about {needed:.0f} ms)")
         raise Overloaded(f"{problem}; retry later", self._drain_seconds())
+
+    def _slack(self, margin: float) -> float:
+        """Seconds the next round may grow before a queued work with a budget is predicted
+        to miss it: a budget picks no N that makes the others late."""
+        return min((work.deadline - work.predicted_finish - margin for work in self._works
+                    if work.deadline is not None and work.slices), default=math.inf)
+
+    def _growth(self, work: Work) -> float:
+        """Seconds the work's first slice adds to the round it joins."""
+        first = work.slices[0]
+        return self.costs.seconds(0, first.rows, first.instances)
+
+    def _delay_queued(self, work: Work) -> None:
+        """The queued works draw their next slice in the round this work joins."""
+        growth = self._growth(work)
+        for queued in self._works:
+            if queued.slices:
+                queued.predicted_finish += growth
+
+    def _deadline(self, work: Work) -> float:
+        """The work's budget, else ``max_latency`` or twice its own engine time."""
+        if work.deadline is not None:
+            return work.deadline
+        own = self.costs.seconds(len(work.slices), work.remaining_rows, work.batch)
+        return work.arrived + max(self.max_latency, 2 * own)
 
     def _plan(self, work: Work, n_samples: int | str) -> None:
         work.n_samples = n_samples
@@ -373,6 +387,8 @@ class Scheduler:
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            # requests the loop has read and not yet handed over join this round
+            await asyncio.sleep(0)
             pieces = self._next_round()
             if not pieces:
                 self._wake.clear()

@@ -341,7 +341,8 @@ def _check_served_card() -> None:
 
 _check_served_card()
 adapter.declare_json_outputs(UQService)
-UQService.add_asgi_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
+UQService.add_asgi_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes,
+                              max_latency_seconds=settings.batch_max_latency_ms / 1000)
 adapter.quiet_client_error_tracebacks()
 # The Open Inference Protocol (KServe V2) under /v2/...: a Starlette app beside the
 # APIs, since BentoML APIs are POST-only and take no path parameters.

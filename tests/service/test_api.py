@@ -253,11 +253,13 @@ def test_bad_budget_fields_are_400_naming_the_field(client, item, fragments):
 
 
 def test_an_overloaded_service_refuses_at_the_door_with_retry_after(client, monkeypatch):
-    scheduler = bentoml.get_current_service().scheduler
-    monkeypatch.setattr(scheduler, "max_latency", 1e-9)  # every prediction is late now
+    from service.door import Door
+
+    monkeypatch.setattr(Door, "limit", 0)  # as if every request in flight were one too many
     for path, body in (("/predict", {"instances": [DIGIT]}),
                        ("/predict_batched", {"items": [{"instance": DIGIT}]})):
         response = post(client, path, body)
-        assert_error(response, 429, "overloaded", "UQ_BATCH_MAX_LATENCY_MS", "retry later")
+        assert_error(response, 429, "overloaded", "in flight", "UQ_BATCH_MAX_LATENCY_MS",
+                     "retry later")
         assert int(response.headers["retry-after"]) >= 1
     assert post(client, "/metadata", {}).status_code == 200  # not a prediction route

@@ -1,0 +1,46 @@
+"""The door's bound on requests in flight (service/door.py), from Little's law."""
+
+import time
+
+import pytest
+
+from service.door import MIN_IN_FLIGHT, Door
+
+
+def answer_at(door: Door, rate: float, seconds: float) -> None:
+    """``rate`` answers per second for ``seconds``, one request in flight at a time."""
+    for _ in range(int(rate * seconds)):
+        door.enter()
+        time.sleep(1 / rate)
+        door.leave()
+
+
+def test_a_quiet_service_lets_a_burst_in_up_to_the_minimum():
+    door = Door(max_latency=0.2)
+    for _ in range(MIN_IN_FLIGHT):
+        assert door.refusal() is None
+        door.enter()
+    assert "overloaded" in door.refusal()
+
+
+def test_the_bound_follows_the_fastest_recent_rate():
+    door = Door(max_latency=1.0, share=0.5)
+    answer_at(door, rate=200, seconds=1.5)
+    speed = door.speed()
+    assert speed == pytest.approx(200, rel=0.3)
+    assert door.limit == max(MIN_IN_FLIGHT, int(0.5 * 1.0 * speed))
+    for _ in range(door.limit):
+        assert door.refusal() is None
+        door.enter()
+    refusal = door.refusal()
+    assert f"{door.in_flight} predictions are in flight" in refusal
+    assert "UQ_BATCH_MAX_LATENCY_MS=1000" in refusal
+    assert door.retry_after() == pytest.approx(door.in_flight / door.speed(), rel=0.01)
+
+
+def test_the_peak_rate_decays_slowly_when_less_is_asked():
+    door = Door(max_latency=1.0)
+    answer_at(door, rate=200, seconds=0.6)
+    busy = door.speed()
+    answer_at(door, rate=20, seconds=0.6)
+    assert busy * 0.9 < door.speed() < busy
