@@ -27,8 +27,12 @@ anything), or when the work is predicted to finish after its deadline: the
 request's ``latency_budget_ms``, else ``max_latency`` or twice its own engine time,
 whichever is longer. The prediction: the round in flight, then the rounds this
 work needs, each holding as much of every queued work as it will (a slice of
-each), priced by :class:`CostModel`. With a budget and no N, the work takes the
-largest of its candidate N that is predicted to fit.
+each), priced by :class:`CostModel`, plus the event loop's lag (:class:`LoopLag`)
+and how late works have finished against the model (:class:`Lateness`). With a
+budget and no N, the work takes the largest of its candidate N that is predicted
+to fit without making a queued budgeted work late; else the smallest if the
+engine's own queue meets the budget; else it is refused. Overload of the event
+loop itself is the door's to refuse (service/door.py).
 """
 
 from __future__ import annotations
