@@ -31,11 +31,14 @@ class Door:
     #: The rate is measured over windows of this many seconds.
     WINDOW = 0.25
     PEAK_HALF_LIFE = 10.0
+    #: The most requests in flight lately decays with this half-life (seconds).
+    CROWD_HALF_LIFE = 1.0
 
     def __init__(self, max_latency: float, share: float = SHARE) -> None:
         self.max_latency = max_latency
         self.share = share
         self.in_flight = 0
+        self._crowd, self._crowd_at = 0.0, time.perf_counter()
         self._peak = 0.0  # answers per second, at the last window's end
         self._answers = 0  # in the current window
         self._window_start = time.perf_counter()
@@ -68,8 +71,17 @@ class Door:
         """Seconds until the requests in flight are answered, about."""
         return self.in_flight / max(self.speed(), 1.0)
 
+    def crowd(self) -> float:
+        """The most requests in flight lately (decaying): requests that arrive in waves
+        are counted whole, even by the first of a wave."""
+        now = time.perf_counter()
+        self._crowd *= 0.5 ** ((now - self._crowd_at) / self.CROWD_HALF_LIFE)
+        self._crowd, self._crowd_at = max(self._crowd, self.in_flight), now
+        return self._crowd
+
     def enter(self) -> None:
         self.in_flight += 1
+        self.crowd()
 
     def leave(self) -> None:
         self.in_flight -= 1

@@ -28,7 +28,6 @@ import bentoml
 
 from service import metrics, request_ids
 from service.adapter import TooManyRequests, error_message, form_problem
-from service.door import Door
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -47,10 +46,9 @@ DRAIN_FACTOR, DRAIN_AT_LEAST = 4, 16 * 2**20
 
 
 class ServiceMiddleware:
-    def __init__(self, app, max_body_bytes: int, max_latency_seconds: float) -> None:
+    def __init__(self, app, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.door = Door(max_latency_seconds)
         self.drain_limit = drain_limit(max_body_bytes)
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
@@ -113,16 +111,17 @@ class ServiceMiddleware:
         if path not in PREDICTION_ROUTES:
             await self.app(scope, _replay(body, receive), responder)
             return
-        refusal = self.door.refusal()
+        door = bentoml.get_current_service().door
+        refusal = door.refusal()
         if refusal:  # before BentoML parses the body: a tenth of the cost of a late refusal
-            retry_after = TooManyRequests(refusal, self.door.retry_after()).retry_after
+            retry_after = TooManyRequests(refusal, door.retry_after()).retry_after
             await responder.error(429, refusal, [(b"retry-after", str(retry_after).encode())])
             return
-        self.door.enter()
+        door.enter()
         try:
             await self.app(scope, _replay(body, receive), responder)
         finally:
-            self.door.leave()
+            door.leave()
 
     async def _refuse(self, receive: Receive, responder: _Responder, status: int,
                       message: str) -> None:

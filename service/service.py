@@ -28,6 +28,7 @@ from bentoml.validators import ContentType
 from pydantic import Field
 
 from service import adapter, metrics, request_ids
+from service.door import Door
 from service.feedback import Desk, Rejected, ReplayMemory, Signer
 from service.inputs import InputSpec
 from service.middleware import ServiceMiddleware
@@ -85,6 +86,8 @@ class UQService:
         self.sampler = None
         self.monitoring = None
         self.feedback_desk = None
+        #: prediction requests in flight, refused past a bound (the middleware asks it)
+        self.door = Door(settings.batch_max_latency_ms / 1000)
         adapter.keep_api_wrappers(self, API_ROUTES)
         threading.Thread(target=self._load, name="uq-model-loader", daemon=True).start()
 
@@ -107,6 +110,7 @@ class UQService:
             predictor, max_rows=settings.batch_max_rows, max_instances=settings.batch_max_size,
             max_queued_rows=settings.max_queued_rows,
             max_latency=settings.batch_max_latency_ms / 1000,
+            crowd=self.door.crowd,
         )
         _settle_garbage_collector()
         self.predictor = predictor
@@ -341,8 +345,7 @@ def _check_served_card() -> None:
 
 _check_served_card()
 adapter.declare_json_outputs(UQService)
-UQService.add_asgi_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes,
-                              max_latency_seconds=settings.batch_max_latency_ms / 1000)
+UQService.add_asgi_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
 adapter.quiet_client_error_tracebacks()
 # The Open Inference Protocol (KServe V2) under /v2/...: a Starlette app beside the
 # APIs, since BentoML APIs are POST-only and take no path parameters.

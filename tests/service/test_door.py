@@ -44,3 +44,15 @@ def test_the_peak_rate_decays_slowly_when_less_is_asked():
     busy = door.speed()
     answer_at(door, rate=20, seconds=0.6)
     assert busy * 0.9 < door.speed() < busy
+
+
+def test_the_crowd_remembers_a_wave_of_requests_for_a_while():
+    door = Door(max_latency=1.0)
+    for _ in range(32):
+        door.enter()
+    for _ in range(32):
+        door.leave()
+    assert door.in_flight == 0
+    assert 16 < door.crowd() <= 32  # the first of the next wave still counts the last one
+    time.sleep(Door.CROWD_HALF_LIFE / 4)
+    assert door.crowd() < 32 * 0.5 ** 0.2
