@@ -922,6 +922,16 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def overload_factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 1 < value <= 20:
+        raise argparse.ArgumentTypeError(f"must lie in (1, 20] x capacity, got {value:g}")
+    return value
+
+
 def phase_set(text: str) -> set[str]:
     chosen = {part.strip() for part in text.split(",") if part.strip()}
     unknown = chosen - set(PHASES)
@@ -942,7 +952,7 @@ def build_parser() -> OneLineErrorParser:
     parser.add_argument("--capacity-seconds", type=positive_seconds, default=20.0,
                         help="seconds of each closed-loop load: capacity, small alone, small "
                         "beside big, budget (default: %(default)s)")
-    parser.add_argument("--overload", type=float, default=3.0,
+    parser.add_argument("--overload", type=overload_factor, default=3.0,
                         help="open-loop rate during the overload, x capacity (default: 3)")
     parser.add_argument("--overload-seconds", type=positive_seconds, default=60.0,
                         help="seconds of the overload (default: %(default)s)")
