@@ -17,8 +17,7 @@ if TYPE_CHECKING:
 
     from service.schemas import Prediction
 
-    Observer = Callable[[str, Sequence[Prediction], float, Sequence[str | None] | None,
-                         np.ndarray | None], Any]
+    Observer = Callable[[str, Sequence[Prediction], float, np.ndarray | None], Any]
 
 REQUESTS = Counter(
     "uq_requests", "HTTP requests by endpoint and outcome (ok, client_error, server_error)",
@@ -103,11 +102,11 @@ def set_observer(observer: Observer | None) -> None:
 
 def observe_predictions(
     endpoint: str, predictions: Sequence[Prediction], seconds: float, *,
-    request_ids: Sequence[str | None] | None = None, inputs: np.ndarray | None = None,
+    inputs: np.ndarray | None = None,
 ) -> None:
-    """One predictor call of ``seconds``: its predictions, flags, scores and sample counts.
-    The observer gets them too, with each prediction's request id (default: the current
-    request's) and, when given, the inputs ``[batch, *input_shape]``."""
+    """One request's predictions, drawn in ``seconds`` of engine rounds: flags, scores and
+    sample counts. The observer gets them too, with, when given, the inputs
+    ``[batch, *input_shape]``."""
     ENGINE_SECONDS.observe(seconds)
     PREDICTIONS.labels(endpoint).inc(len(predictions))
     FLAGGED.labels(endpoint).inc(sum(p.risk.flagged for p in predictions))
@@ -119,4 +118,4 @@ def observe_predictions(
         RISK_SCORE.labels(prediction.risk.metric).observe(prediction.risk.score)
         N_SAMPLES.observe(prediction.n_samples)
     if _observer is not None:
-        _observer(endpoint, predictions, seconds, request_ids, inputs)
+        _observer(endpoint, predictions, seconds, inputs)

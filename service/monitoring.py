@@ -101,14 +101,14 @@ class Monitoring:
     # --- on the request's path: queue only ----------------------------------------------
 
     def observe(self, endpoint: str, predictions: Sequence[Prediction], seconds: float,
-                ids: Sequence[str | None] | None = None, inputs: np.ndarray | None = None
-                ) -> None:
-        """Queue one predictor call's predictions (metrics.observe_predictions' observer)."""
+                inputs: np.ndarray | None = None) -> None:
+        """Queue one request's predictions (metrics.observe_predictions' observer), with
+        the current request's id."""
         if len(self.queue) >= QUEUE_LIMIT:
             metrics.MONITORING_DROPPED.inc(len(predictions))
             return
         self.queue.append((endpoint, predictions, seconds,
-                           ids if ids is not None else request_ids.current(),
+                           request_ids.current(),
                            inputs if self.log_inputs else None))
 
     # --- in the background ----------------------------------------------------------------
@@ -175,14 +175,14 @@ class Monitoring:
             self.log_predictions = False
 
     def _records(self, endpoint: str, predictions: Sequence[Prediction], seconds: float,
-                 ids: Any, inputs: np.ndarray | None) -> Iterator[list[tuple]]:
+                 request_id: str | None, inputs: np.ndarray | None) -> Iterator[list[tuple]]:
         """The prediction log's records of one call: per prediction, (value, column, role,
         type) for each column (and the input, when logged)."""
         latency_ms = round(seconds * 1000, 3)
         for row, prediction in enumerate(predictions):
             risk = prediction.risk
             values = [
-                (ids[row] if isinstance(ids, list | tuple) else ids) or "",
+                request_id or "",
                 endpoint, self.tag, prediction.n_samples, latency_ms, prediction.label,
                 prediction.confidence, prediction.predictive_entropy,
                 prediction.mutual_information, risk.score, ",".join(risk.reasons),

@@ -57,11 +57,6 @@ class Predictor:
         """n_samples "auto": the procedure and its calibration, or None."""
         return self.card.auto_calibration
 
-    def expected_rows(self, batch: int, n_samples: int | str) -> float:
-        """Engine rows a call of ``batch`` inputs is expected to draw ("auto": as on the
-        calibration split)."""
-        return batch * (self.auto.mean_n_samples if n_samples == AUTO else n_samples)
-
     def most_samples(self, n_samples: int | str) -> int:
         """The most samples one prediction with ``n_samples`` may draw."""
         return self.auto.max_samples if n_samples == AUTO else n_samples

@@ -22,7 +22,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     RootModel,
     StrictBool,
     StrictInt,
@@ -34,7 +33,6 @@ from pydantic import (
     model_validator,
 )
 
-from service import request_ids
 from service.inputs import InputSpec
 from service.settings import settings
 
@@ -225,8 +223,6 @@ class BatchItem(SampleChoice):
 
     instance: Annotated[list[Any], Field(json_schema_extra=_state_instance),
                         AfterValidator(_checked_instance)]
-    #: the id of the request the item came in (items of many requests share a batch)
-    _request_id: str | None = PrivateAttr(default_factory=request_ids.current)
 
 
 class GenerateRequest(BaseModel):
