@@ -7,13 +7,13 @@ configuration alike):
 1. compute-bound: ``/predict`` with 64 instances per request from 4 clients, at fixed
    N (``--fixed``, 50 and 10 by default) and at "auto": images per second;
 2. per-request-bound: 32 clients posting one image each to ``/predict_batched``
-   (adaptive batching merges them), at the same N and "auto".
+   (the scheduler merges them into engine rounds), at the same N and "auto".
 
 The mean N that "auto" used in each load comes from the service's ``uq_n_samples``
-histogram. Requests that fail (adaptive batching sheds load with 503 when it cannot
-meet ``UQ_BATCH_MAX_LATENCY_MS``) are counted apart and not in the throughput: under
-heavy outside load, ``--batch-max-latency-ms`` gives the server a wider budget so that
-shedding does not flatter the ratios. The targets
+histogram. Requests that fail (429 when the service refuses work it cannot answer
+within ``UQ_BATCH_MAX_LATENCY_MS``) are counted apart and not in the throughput: under
+heavy outside load, ``--batch-max-latency-ms`` gives the server a wider bound so that
+refusals do not flatter the ratios. The targets
 (issue 14: "auto" at least 3x fixed N=50's images/s on the first load, 1.7x on the
 second) are judged on the median over the rounds of each round's ratio.
 
