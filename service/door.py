@@ -21,8 +21,10 @@ import time
 #: of this many (the scheduler still refuses work its engine cannot do in time).
 MIN_IN_FLIGHT = 32
 #: The share of UQ_BATCH_MAX_LATENCY_MS that requests in flight may wait on average; the
-#: rest is the margin for the slow ones (the bound is on the p99).
-SHARE = 0.5
+#: rest is the margin for the slow ones (the bound is on the p99), low enough that the
+#: scheduler, whose refusals come after parsing and cost ten times more, rarely refuses
+#: (benchmarks/overload.py: 0.5 gave p99 186-302 ms and 72-77% goodput, 0.35 150 ms, 78%).
+SHARE = 0.35
 
 
 class Door:
