@@ -1,5 +1,5 @@
 """ASGI middleware in front of every route: request ids, readiness, body limits,
-content types, error shape and request counts.
+content types, the door, error shape and request counts.
 
 - Every response but the probes' carries ``X-Request-ID``: the caller's, or a new
   one (service/request_ids.py), which the routes also put in their bodies.
@@ -13,6 +13,8 @@ content types, error shape and request counts.
   (415 otherwise), whose body must parse, with known fields, a file where the file
   belongs and values elsewhere (400 otherwise: service/adapter.py's
   ``form_problem``).
+- Prediction requests pass the service's door (service/door.py): past its bound on
+  requests in flight, 429 with ``Retry-After`` before BentoML parses the body.
 - Every 4xx body, BentoML's own validation errors and 404s included, becomes
   ``{"error": "<field>: <what was expected>"}``; the probes and /metrics pass as
   they are.
@@ -207,6 +209,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 #: Headers of an error response that its rewritten body keeps (429's Retry-After, and
 #: 405's Allow, which HTTP requires).
 KEPT_ERROR_HEADERS = (b"retry-after", b"allow")
+
 
 class _Responder:
     """The app's ``send``: remembers the outcome (ok, client_error, server_error) and
