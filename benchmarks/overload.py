@@ -65,7 +65,7 @@ import uvloop  # noqa: E402
 
 from benchmarks.service import _request_bytes  # noqa: E402
 from loadtest.server import add_service_options  # noqa: E402
-from training.cli import OneLineErrorParser, fail, positive_integer  # noqa: E402
+from training.cli import OneLineErrorParser, fail, number_in, positive_integer  # noqa: E402
 
 PROG = "python benchmarks/overload.py"
 PHASES = ("capacity", "overload", "big", "budget")
@@ -912,24 +912,9 @@ def planned_seconds(args) -> float:
     return 3.0 * (len(args.phases) + 1) + closed + opened
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 3600], got {value:g}")
-    return value
-
-
-def overload_factor(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 1 < value <= 20:
-        raise argparse.ArgumentTypeError(f"must lie in (1, 20] x capacity, got {value:g}")
-    return value
+#: Option types: seconds of a phase, and the overload's rate in multiples of capacity.
+phase_seconds = number_in(0, 3600, "seconds")
+overload_factor = number_in(1, 20, "x capacity")
 
 
 def phase_set(text: str) -> set[str]:
@@ -949,14 +934,14 @@ def build_parser() -> OneLineErrorParser:
     parser.add_argument("--clients", type=positive_integer, default=32,
                         help="closed-loop clients of the capacity and budget phases "
                         "(default: %(default)s)")
-    parser.add_argument("--capacity-seconds", type=positive_seconds, default=20.0,
+    parser.add_argument("--capacity-seconds", type=phase_seconds, default=20.0,
                         help="seconds of each closed-loop load: capacity, small alone, small "
                         "beside big, budget (default: %(default)s)")
     parser.add_argument("--overload", type=overload_factor, default=3.0,
                         help="open-loop rate during the overload, x capacity (default: 3)")
-    parser.add_argument("--overload-seconds", type=positive_seconds, default=60.0,
+    parser.add_argument("--overload-seconds", type=phase_seconds, default=60.0,
                         help="seconds of the overload (default: %(default)s)")
-    parser.add_argument("--recovery-seconds", type=positive_seconds, default=20.0,
+    parser.add_argument("--recovery-seconds", type=phase_seconds, default=20.0,
                         help=f"seconds at {RECOVERY_RATE:g}x capacity after the overload "
                         "(default: %(default)s)")
     parser.add_argument("--phases", type=phase_set, default=set(PHASES),

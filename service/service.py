@@ -154,8 +154,8 @@ class UQService:
             calibrated = [n for n in self.predictor.card.calibrated_n_samples
                           if minimum <= n <= most]
             choices = tuple(sorted({*calibrated, minimum}, reverse=True))
-        if return_samples and (n_samples is None and minimum > most or n_samples is not None
-                               and self.predictor.most_samples(n_samples) > most):
+        drawn = minimum if n_samples is None else self.predictor.most_samples(n_samples)
+        if return_samples and drawn > MAX_RETURNED_SAMPLES:  # N, or the least a budget picks
             raise adapter.BadRequest(
                 f"return_samples: at most {MAX_RETURNED_SAMPLES} samples can be returned, "
                 f"n_samples is {n_samples or minimum}"

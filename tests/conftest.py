@@ -93,6 +93,13 @@ def server(classifier_tag, generator_tag, tmp_path_factory) -> str:
         yield url
 
 
+@pytest.fixture(scope="module")
+def http(server):
+    """An HTTP client of the real server."""
+    with httpx.Client(base_url=server, timeout=60) as client:
+        yield client
+
+
 def assert_error(response, status: int, *fragments: str) -> None:
     """``response`` has ``status`` and an ``{"error"}`` body holding every fragment."""
     assert response.status_code == status, response.text

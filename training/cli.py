@@ -57,6 +57,23 @@ def integer_at_least(minimum: int):
 positive_integer = integer_at_least(1)
 
 
+def number_in(low: float, high: float, unit: str = ""):
+    """An option type: a number in ``(low, high]``; ``unit`` follows it in the error."""
+    suffix = f" {unit}" if unit else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must lie in ({low:g}, {high:g}]{suffix}, got {value:g}")
+        return value
+
+    return parse
+
+
 def open_fraction(text: str) -> float:
     """An option value that must lie strictly between 0 and 1."""
     try:

@@ -567,7 +567,19 @@ class MCEngine:
         than XLA's at this size, and each dropout application is an XLA program. The
         first also expands the prefix output to one row per sample, so that the
         expanded rows are written once, already masked."""
-        first, rest = self._suffix[0], self._suffix[1:]  # the suffix starts with a dropout
+        run_suffix = self._split_suffix(self._suffix)
+
+        def plan(x, row_index, keys, sample_index):
+            # B is a power of two here (see _call): one XLA program per B and R
+            return run_suffix(self._prefix(x), row_index, keys, sample_index)
+
+        return plan
+
+    def _split_suffix(self, suffix: Sequence[_SuffixStep]):
+        """The split plan's programs over ``suffix`` (which starts with a dropout), as
+        (prefix output ``[B, ...]``, row_index ``[R]``, keys, sample_index) ->
+        ``[R, classes]``; keys as the suffix's masks take them."""
+        first, rest = suffix[0], suffix[1:]
         expand_and_drop = _compiled(
             lambda prefix_output, row_index, keys, sample_index: first(
                 tf.gather(prefix_output, row_index), keys, sample_index
@@ -580,14 +592,13 @@ class MCEngine:
             if isinstance(step, _SuffixDropout)
         }
 
-        def plan(x, row_index, keys, sample_index):
-            # B is a power of two here (see _call): one XLA program per B and R
-            h = expand_and_drop(self._prefix(x), row_index, keys, sample_index)  # [R, ...]
+        def run(prefix_output, row_index, keys, sample_index):
+            h = expand_and_drop(prefix_output, row_index, keys, sample_index)  # [R, ...]
             return _run_suffix(
                 h, rest, lambda step, h: dropout_programs[step.key_index](h, keys, sample_index)
             )
 
-        return plan
+        return run
 
     def sample(self, x: np.ndarray, n_samples: int, seed: int | None = None) -> np.ndarray:
         """Probabilities ``[n_samples, batch, classes]`` for ``x`` ``[batch, *input_shape]``.
@@ -691,18 +702,7 @@ class MCEngine:
     def _keyed_split_plan(self, suffix: Sequence[_SuffixStep]) -> _Plan:
         """``_split_plan`` with per-row keys: x ``[B, ...]``, row_index ``[R]``, input_keys
         ``[B, dropout steps]`` (each input row's keys), sample_index ``[R]``."""
-        first, rest = suffix[0], suffix[1:]  # the suffix starts with a dropout
-        expand_and_drop = _compiled(
-            lambda prefix_output, row_index, row_keys, sample_index: first(
-                tf.gather(prefix_output, row_index), row_keys, sample_index
-            ),
-            jit_compile=True,
-        )
-        dropout_programs = {
-            step.key_index: _compiled(step.__call__, jit_compile=True)
-            for step in rest
-            if isinstance(step, _SuffixDropout)
-        }
+        run_suffix = self._split_suffix(suffix)
         # in XLA: TensorFlow's own kernels log a fallback warning for uint64 on most CPUs
         gather_keys = _compiled(
             lambda input_keys, row_index: tf.transpose(tf.gather(input_keys, row_index)),
@@ -711,11 +711,7 @@ class MCEngine:
 
         def plan(x, row_index, input_keys, sample_index):
             row_keys = gather_keys(input_keys, row_index)  # [steps, R]
-            h = expand_and_drop(self._prefix(x), row_index, row_keys, sample_index)
-            return _run_suffix(
-                h, rest,
-                lambda step, h: dropout_programs[step.key_index](h, row_keys, sample_index),
-            )
+            return run_suffix(self._prefix(x), row_index, row_keys, sample_index)
 
         return plan
 

@@ -6,7 +6,6 @@ import gzip
 import json
 
 import bentoml
-import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -19,12 +18,6 @@ from training.data import load_dataset
 
 FLAT_DIGIT = [float(v % 17) for v in range(64)]  # a valid 8 x 8 instance in [0, 16]
 INTEGER_DIGIT = [v % 17 for v in range(64)]  # the same as JSON integers
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

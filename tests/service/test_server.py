@@ -7,7 +7,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import bentoml
-import httpx
 import numpy as np
 import pytest
 import requests
@@ -16,12 +15,6 @@ from PIL import Image
 from loadtest.server import ServerError, served
 from tests.conftest import DEFAULT_SAMPLES, SERVICE_ENV
 from training.data import load_dataset
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -38,12 +38,6 @@ CHROMIUM_ARGUMENTS = (
 
 
 @pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def browser(server):
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if missing and not os.environ.get("CI"):  # in CI, .ci/run installs them: fail instead
