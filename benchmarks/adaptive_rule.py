@@ -6,9 +6,13 @@ from the same draws (the first n samples of each row, which is how a fresh draw 
 distributed), is calibrated on the validation rows as ``calibrate_auto`` does, and
 judged on the test rows against fixed N seen through the same draws. Each figure is
 the mean over ``--repeats`` orderings of the 100 samples (samples are exchangeable).
-Beside them, an oracle that knows each row's 100-sample spread of the top-class
-probability and gives the row N in proportion to it (n = c * std, rounded up to the
-rounds' counts): a bound on what any allocation of the same mean N can reach.
+Beside them, two oracles that know each row's 100-sample draw: one gives the row N in
+proportion to the spread of its top-class probability (n = c * std, rounded up to the
+rounds' counts); the other gives it the N that minimises the expected log-loss of the
+mean at a given mean N, n = c * sqrt(B) (any integer from 1 to 100), where B = sum_c
+var_c / (2 p_c) is the log-loss that one sample's noise adds (the mean of n adds B / n,
+to second order). No rule that must estimate a row's spread from its own samples can
+do better than the second at the same mean N: a bound on NLL at a mean N.
 
     python benchmarks/adaptive_rule.py --model uq-classifier:latest \\
         --output benchmarks/results/adaptive_rule.json
@@ -41,6 +45,8 @@ VARIANTS = (
 )
 FIXED = (8, 12, 16, 25, 50, 100)
 ORACLE_SCALES = (60, 100, 200)
+#: n = c * sqrt(B): c = 50 gives a mean N of about 12 on the default Fashion-MNIST model
+LOG_LOSS_ORACLE_SCALES = (50, 75)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     reference = draws["test"].astype(np.float64).mean(axis=0)  # [rows, classes]: N=100
     top = reference.argmax(axis=1)
     spread = draws["test"][:, rows_test, top].std(axis=0)  # [rows] the oracle's knowledge
+    variance = draws["test"].astype(np.float64).var(axis=0, ddof=1)  # [rows, classes]
+    noise_cost = np.where(reference > 0, variance / (2 * np.maximum(reference, 1e-300)),
+                          0.0).sum(axis=1)  # [rows] B
 
     def orderings(samples: np.ndarray):
         for repeat in range(args.repeats):
@@ -134,16 +143,23 @@ def main(argv: list[str] | None = None) -> int:
             })
         record(f"auto: {name}", figures)
         print(f"auto: {name} (first {first}, {dataclasses.asdict(rule)})", flush=True)
-    steps = np.array(round_schedule(8, 100))
-    for scale in ORACLE_SCALES:
-        wanted = np.clip(scale * spread, steps[0], steps[-1])
-        n = steps[np.minimum(np.searchsorted(steps, wanted), len(steps) - 1)]  # [rows]
+    def oracle(name: str, n: np.ndarray) -> None:
+        """Each test row's mean over its first n[row] samples."""
         figures = []
         for test in orderings(draws["test"]):
             used = np.arange(100)[:, None] < n[None, :]  # [100, rows]
             mean = (test * used[:, :, None]).sum(axis=0) / n[:, None]
             figures.append({"mean_n_samples": float(n.mean()), **quality(mean)})
-        record(f"oracle: n = {scale} * std", figures)
+        record(name, figures)
+
+    steps = np.array(round_schedule(8, 100))
+    for scale in ORACLE_SCALES:
+        wanted = np.clip(scale * spread, steps[0], steps[-1])
+        oracle(f"oracle: n = {scale} * std",
+               steps[np.minimum(np.searchsorted(steps, wanted), len(steps) - 1)])
+    for scale in LOG_LOSS_ORACLE_SCALES:
+        oracle(f"oracle: n = {scale} * sqrt(B)",
+               np.clip(np.ceil(scale * np.sqrt(noise_cost)), 1, 100).astype(np.int64))
 
     base = results["fixed N=100"]
     print(f"\n{tag}, test split, mean of {args.repeats} orderings of one 100-sample draw\n")
