@@ -11,15 +11,18 @@ version its store version; any other name or version: 404. One input tensor
 (any name): a numeric datatype of the protocol, shape ``[batch, *input_shape]``
 or ``[batch, size]``, data flat or nested in row-major order, or binary (the
 binary tensor data extension). Output tensors are named as the prediction's
-fields (:data:`OUTPUTS`); the request's ``outputs`` selects a subset, its
-``parameters`` carry ``n_samples``, ``seed`` and ``risk_threshold``, and the
-response's ``parameters`` report the N used, the model tag and the risk policy
-applied. The classification extension (``"classification": k`` in an output's
-parameters) answers the top k classes as BYTES ``"score:index:label"``.
+fields (:data:`OUTPUTS`, with the N each row used); the request's ``outputs``
+selects a subset, its ``parameters`` carry what ``/predict`` reads (``n_samples``, an
+integer or "auto"; ``latency_budget_ms`` and ``min_samples``; ``seed``;
+``risk_threshold``), and the response's ``parameters`` report the N used, whether a
+budget lowered it, the model tag and the risk policy applied. The classification
+extension (``"classification": k`` in an output's parameters) answers the top k
+classes as BYTES ``"score:index:label"``.
 
 Errors are ``{"error": message}``: 400 for a bad request (naming the field), 404
 for an unknown model, version or V2 endpoint, 405, 413 for a body over
-UQ_MAX_BODY_BYTES, 415 for an unknown Content-Encoding, 503 while the model loads.
+UQ_MAX_BODY_BYTES, 415 for an unknown Content-Encoding, 429 with Retry-After when
+the service is overloaded or a latency budget cannot be met, 503 while the model loads.
 
 A Starlette app of its own, mounted on the BentoML service (a route with path
 parameters cannot be a ``@bentoml.api``). It reads the served predictor from the
@@ -62,7 +65,7 @@ from starlette.routing import Match, Route
 from service import metrics
 from service.inputs import InputSpec
 from service.middleware import drain_limit
-from service.schemas import NSamples, Seed
+from service.schemas import SampleChoice, SampleCount, Seed
 from service.settings import settings
 
 if TYPE_CHECKING:
@@ -81,8 +84,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: Metrics label of the infer route (uq_requests, uq_predictions, ...).
 ENDPOINT = "v2_infer"
-#: (x [batch, *input_shape], n_samples, seed, risk_threshold) -> one prediction per row
-Predict = Callable[[np.ndarray, int, "int | None", "float | None"], Awaitable[list["Prediction"]]]
+#: (x [batch, *input_shape], the request's choice of N, seed, risk_threshold) -> one
+#: prediction per row, and the N the response reports (an integer, or "auto")
+Predict = Callable[[np.ndarray, SampleChoice, "int | None", "float | None"],
+                   Awaitable[tuple[list["Prediction"], SampleCount]]]
 
 #: The protocol's numeric datatypes, as little-endian numpy types (for binary data).
 NUMERIC_DATATYPES = {
@@ -114,6 +119,7 @@ OUTPUTS = {
     "risk_score": OutputTensor("FP32", per_class=False),
     "flagged": OutputTensor("BOOL", per_class=False),
     "prediction_set": OutputTensor("BOOL", per_class=True),
+    "n_samples": OutputTensor("INT64", per_class=False),
 }
 #: The outputs the classification extension applies to (class scores).
 CLASSIFIABLE = ("probabilities", "std")
@@ -155,13 +161,12 @@ class InferenceRequest(BaseModel):
     outputs: list[RequestOutput] | None = None
 
 
-class InferenceParameters(BaseModel):
-    """The request parameters this server reads; others are refused unless they are
-    in :data:`IGNORED_PARAMETERS`."""
+class InferenceParameters(SampleChoice):
+    """The request parameters this server reads: the choice of N as on ``/predict``,
+    and the rest; others are refused unless they are in :data:`IGNORED_PARAMETERS`."""
 
     model_config = ConfigDict(extra="allow")
 
-    n_samples: NSamples | None = None
     seed: Seed | None = None
     risk_threshold: Annotated[float, Strict(), AllowInfNan(False), Field(ge=0)] | None = None
     binary_data_output: StrictBool = False
@@ -285,7 +290,7 @@ def parse_infer_request(
                if key not in IGNORED_PARAMETERS and not key.startswith(IGNORED_PREFIX)]
     if unknown:
         raise _bad(f"parameters.{unknown[0]}: unknown parameter; this server reads "
-                   "n_samples, seed, risk_threshold and binary_data_output")
+                   f"{', '.join(InferenceParameters.model_fields)}")
     if len(request.inputs) != 1:
         raise _bad(f"inputs: this model takes one input tensor ({INPUT_NAME!r}), got "
                    f"{len(request.inputs)}")
@@ -447,8 +452,8 @@ def _binary(array: np.ndarray, datatype: str) -> bytes:
 
 
 def infer_response(
-    parsed: ParsedRequest, predictions: Sequence[Prediction], tag: str,
-    class_names: list[str],
+    parsed: ParsedRequest, predictions: Sequence[Prediction], n_samples: SampleCount,
+    tag: str, class_names: list[str],
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary data follows it."""
     outputs, blobs = [], []
@@ -468,7 +473,8 @@ def infer_response(
         outputs.append(output)
     first = predictions[0]
     parameters = {
-        "n_samples": first.n_samples,
+        "n_samples": n_samples,
+        "budget_limited": first.budget_limited,
         "model": tag,
         "risk_metric": first.risk.metric,
         "risk_threshold": first.risk.threshold,
@@ -518,23 +524,23 @@ def _server_version() -> str:
         return "unknown"
 
 
-async def served_predictions(x: np.ndarray, n_samples: int, seed: int | None,
-                             risk_threshold: float | None) -> list[Prediction]:
-    """Predictions for ``x`` ``[batch, *input_shape]`` from the service this process serves:
-    through its scheduler (admission, batching) with metrics, as every route. Raises
-    ProtocolError 429 with Retry-After when the scheduler refuses the work."""
+async def served_predictions(
+    x: np.ndarray, choice: SampleChoice, seed: int | None, risk_threshold: float | None
+) -> tuple[list[Prediction], SampleCount]:
+    """Predictions for ``x`` ``[batch, *input_shape]`` from the service this process serves,
+    and the N they used ("auto": each row its own): through its scheduler (admission,
+    batching, latency budgets) with metrics, as every route. Raises ProtocolError 429
+    with Retry-After when the scheduler refuses the work."""
     from service.adapter import TooManyRequests
-    from service.schemas import SampleChoice
 
     service = bentoml.get_current_service()
-    work = service.work(x, SampleChoice(n_samples=n_samples), seed=seed,
-                        risk_threshold=risk_threshold)
+    work = service.work(x, choice, seed=seed, risk_threshold=risk_threshold)
     try:
         [predictions] = await service.scheduled(ENDPOINT, [work])
     except TooManyRequests as refused:
         raise ProtocolError(429, refused.message,
                             {"Retry-After": str(refused.retry_after)}) from None
-    return predictions
+    return predictions, work.n_samples
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:
@@ -640,10 +646,10 @@ class OpenInferenceProtocol:
         body = await self._body(request)
         parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), predictor.spec,
                                      self.max_instances)
-        n_samples = parsed.parameters.n_samples or predictor.default_samples
-        predictions = await self.predict(parsed.x, n_samples, parsed.parameters.seed,
-                                         parsed.parameters.risk_threshold)
-        content, header_length = infer_response(parsed, predictions, predictor.tag,
+        parameters = parsed.parameters
+        predictions, n_samples = await self.predict(
+            parsed.x, parameters, parameters.seed, parameters.risk_threshold)
+        content, header_length = infer_response(parsed, predictions, n_samples, predictor.tag,
                                                 predictor.card.class_names)
         if header_length is None:
             return Response(content, media_type="application/json")

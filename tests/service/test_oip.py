@@ -80,7 +80,7 @@ def test_model_metadata_and_readiness(v2, model):
         "confidence": ("FP32", [-1]), "predictive_entropy": ("FP32", [-1]),
         "expected_entropy": ("FP32", [-1]), "mutual_information": ("FP32", [-1]),
         "risk_score": ("FP32", [-1]), "flagged": ("BOOL", [-1]),
-        "prediction_set": ("BOOL", [-1, 10]),
+        "prediction_set": ("BOOL", [-1, 10]), "n_samples": ("INT64", [-1]),
     }
     assert v2.is_model_ready(name) and v2.is_model_ready(name, version)
     assert not v2.is_model_ready("no-such-model")
@@ -97,6 +97,8 @@ def test_infer_returns_every_output_consistently(v2, model, digits, classifier_t
     assert ("data" in response["outputs"][0]) != binary
     parameters = response["parameters"]
     assert parameters["n_samples"] == DEFAULT_SAMPLES and parameters["model"] == classifier_tag
+    assert parameters["budget_limited"] is False
+    assert result.as_numpy("n_samples").tolist() == [DEFAULT_SAMPLES] * 4
     assert parameters["seed"] == 5 and isinstance(parameters["risk_threshold"], float)
     probabilities = result.as_numpy("probabilities")
     assert probabilities.dtype == np.float32 and probabilities.shape == (4, 10)
@@ -150,6 +152,32 @@ def test_seed_n_samples_and_risk_threshold(v2, http, model, digits):
         assert np.array_equal(first.as_numpy(output), expected), output
     strict = infer(v2, name, digits, outputs=["risk_score"], risk_threshold=1e9)
     assert strict.get_response()["parameters"]["risk_threshold"] == 1e9
+
+
+def test_n_samples_auto_answers_as_predict(v2, http, model, digits):
+    result = infer(v2, model[0], digits, outputs=["probabilities", "n_samples"],
+                   n_samples="auto", seed=7)
+    parameters = result.get_response()["parameters"]
+    assert parameters["n_samples"] == parameters["calibrated_n_samples"] == "auto"
+    predicted = http.post("/predict", json={"instances": digits.tolist(), "n_samples": "auto",
+                                            "seed": 7}).json()["predictions"]
+    assert result.as_numpy("n_samples").tolist() == [p["n_samples"] for p in predicted]
+    expected = np.array([p["probabilities"] for p in predicted], dtype=np.float32)
+    assert np.array_equal(result.as_numpy("probabilities"), expected)
+
+
+def test_a_latency_budget_picks_n_or_is_refused_at_once(v2, http, model, digits):
+    result = infer(v2, model[0], digits, outputs=["n_samples"], latency_budget_ms=60000,
+                   min_samples=150)  # above every calibrated N of the test model
+    parameters = result.get_response()["parameters"]
+    assert parameters["n_samples"] == 150 and parameters["budget_limited"] is False
+    assert result.as_numpy("n_samples").tolist() == [150] * len(digits)
+    body = v2_body(digits.reshape(len(digits), -1).tolist(), [len(digits), 64],
+                   latency_budget_ms=0.001)
+    response = http.post(f"/v2/models/{model[0]}/infer", json=body)
+    assert response.status_code == 429, response.text
+    assert "latency_budget_ms" in response.json()["error"]
+    assert int(response.headers["retry-after"]) >= 1
 
 
 def test_a_large_request_answers_as_predict(v2, http, model):
@@ -245,6 +273,11 @@ NINE = [float(v % 9) for v in range(64)]
         (v2_body(FLAT_DIGIT, [1, 64], n_samples=0), ["parameters.n_samples", "equal to 1"]),
         (v2_body(FLAT_DIGIT, [1, 64], n_samples=201), ["parameters.n_samples", "200"]),
         (v2_body(FLAT_DIGIT, [1, 64], n_samples="30"), ["parameters.n_samples", "integer"]),
+        (v2_body(FLAT_DIGIT, [1, 64], n_samples="Auto"), ["parameters.n_samples", '"auto"']),
+        (v2_body(FLAT_DIGIT, [1, 64], latency_budget_ms=0),
+         ["parameters.latency_budget_ms", "greater than 0"]),
+        (v2_body(FLAT_DIGIT, [1, 64], n_samples=5, min_samples=6),
+         ["min_samples", "above n_samples"]),
         (v2_body(FLAT_DIGIT, [1, 64], seed=-1), ["parameters.seed"]),
         (v2_body(FLAT_DIGIT, [1, 64], risk_threshold=-0.5), ["parameters.risk_threshold"]),
         (v2_body(FLAT_DIGIT, [1, 64], n_sample=30), ["parameters.n_sample", "unknown parameter",
