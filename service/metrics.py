@@ -7,6 +7,7 @@ processes (``livemax``): Prometheus's multiprocess mode, which BentoML uses."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,21 @@ RISK_SCORE = Histogram(
 OVERLOADED = Counter(
     "uq_overloaded_requests", "Requests refused for overload (429), by endpoint", ["endpoint"],
 )
+
+
+def count_request(endpoint: str, outcome: str, overloaded: bool) -> None:
+    """One answered request, by its outcome; ``overloaded``: refused with 429."""
+    _requests(endpoint, outcome).inc()
+    if overloaded:
+        _overloaded(endpoint).inc()
+
+
+# Children of labelled metrics, kept: ``labels`` costs as much as the increment, and
+# refusals under overload come by the thousand per second.
+_requests = functools.cache(REQUESTS.labels)
+_overloaded = functools.cache(OVERLOADED.labels)
+
+
 FEEDBACK = Counter(
     "uq_feedback", "Late labels counted (POST /feedback), by whether the prediction was "
     "correct, its flag reasons (none, error_risk, novelty, error_risk+novelty) and whether "

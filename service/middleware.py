@@ -26,7 +26,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import bentoml
+from bentoml import get_current_service  # once: bentoml resolves its names on each access
 
 from service import metrics, request_ids
 from service.adapter import TooManyRequests, error_message, form_problem
@@ -72,10 +72,7 @@ class ServiceMiddleware:
             try:
                 await self._handle(scope, receive, responder, path)
             finally:
-                endpoint = path.lstrip("/")
-                metrics.REQUESTS.labels(endpoint, responder.outcome).inc()
-                if responder.overloaded:
-                    metrics.OVERLOADED.labels(endpoint).inc()
+                metrics.count_request(path.lstrip("/"), responder.outcome, responder.overloaded)
         finally:
             request_ids.reset_current(context)
 
@@ -85,7 +82,7 @@ class ServiceMiddleware:
         if scope["method"] != "POST":
             await self.app(scope, receive, responder)
             return
-        if not bentoml.get_current_service().__is_ready__():
+        if not get_current_service().__is_ready__():
             await self._refuse(receive, responder, 503, "the model is still loading; retry "
                                "once /readyz answers 200")
             return
@@ -113,7 +110,7 @@ class ServiceMiddleware:
         if path not in PREDICTION_ROUTES:
             await self.app(scope, _replay(body, receive), responder)
             return
-        door = bentoml.get_current_service().door
+        door = get_current_service().door
         refusal = door.refusal()
         if refusal:  # before BentoML parses the body: a tenth of the cost of a late refusal
             retry_after = TooManyRequests(refusal, door.retry_after()).retry_after

@@ -628,18 +628,17 @@ class OpenInferenceProtocol:
         return _empty()
 
     async def infer(self, request: Request) -> Response:
-        outcome = "server_error"  # unless it ends otherwise
+        outcome, overloaded = "server_error", False  # unless it ends otherwise
         try:
             response = await self._infer(request)
             outcome = "ok"
             return response
         except ProtocolError as error:
             outcome = "server_error" if error.status >= 500 else "client_error"
-            if error.status == 429:
-                metrics.OVERLOADED.labels(ENDPOINT).inc()
+            overloaded = error.status == 429
             return error.response()
         finally:
-            metrics.REQUESTS.labels(ENDPOINT, outcome).inc()
+            metrics.count_request(ENDPOINT, outcome, overloaded)
 
     async def _infer(self, request: Request) -> Response:
         predictor = self._served(request)
