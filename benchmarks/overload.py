@@ -79,6 +79,8 @@ BIG_INSTANCES, BIG_SAMPLES = 64, 1000
 BUDGET_MS = 50.0
 # statuses of requests without an HTTP answer
 CONNECTION_ERROR, NOT_SENT, NO_ANSWER = 0, -1, -2
+#: in the body of the door's 429 (service/door.py), not in the scheduler's
+DOOR_REFUSAL = b"predictions are in flight"
 CLASSES = ("200", "429", "503", "other_4xx", "5xx", "connection_error", "not_sent",
            "no_answer", "other")
 COLORS = ("tab:green", "tab:orange", "tab:red", "tab:purple", "darkred", "black", "tab:pink",
@@ -98,6 +100,7 @@ class Answer:
     status: int  # HTTP status, or CONNECTION_ERROR, NOT_SENT, NO_ANSWER
     lag: float = 0.0  # open loop: seconds from the scheduled time to the write
     retry_after: float | None = None  # 429: seconds; nan when absent or unreadable
+    at_door: bool = False  # 429 from the door (service/door.py), before any parsing
     error_body: bool = True  # a non-200 answer's body is {"error": ...}
     picked: list | None = None  # budget: [n_samples, budget_limited] per prediction
 
@@ -181,6 +184,7 @@ def answer(kind: str, sent: float, head: bytes, body: bytes, parse: bool) -> Ans
         got.error_body = False
     if got.status == 429:
         got.retry_after = _seconds(_header(head, b"retry-after"))
+        got.at_door = DOOR_REFUSAL in body
     return got
 
 
@@ -367,6 +371,7 @@ def summary(answers: list[Answer], start: float, end: float) -> dict:
         "max_ms": max(ok, default=None),
         "p99_429_ms": percentile([a.ms for a in answers if a.status == 429], 99),
         "429_without_retry_after": sum(math.isnan(r) for r in retry),
+        "429_at_door": sum(a.at_door for a in answers),
         "max_retry_after_s": max((r for r in retry if not math.isnan(r)), default=None),
         "errors_without_error_body": sum(a.status > 0 and not a.error_body for a in answers),
         "late": sum(a.lag > LATE_S for a in answers),
@@ -768,11 +773,12 @@ def phase_rows(results: dict) -> list[tuple[str, dict]]:
 
 
 def table(results: dict) -> list[str]:
-    head = ["| phase | requests | 200/s | p50 ms | p99 ms | 429 p99 ms | " + " | ".join(CLASSES)
-            + " | late | send lag p99 ms |", "|---" * (8 + len(CLASSES)) + "|"]
+    head = ["| phase | requests | 200/s | p50 ms | p99 ms | 429 p99 ms | 429 at the door | "
+            + " | ".join(CLASSES) + " | late | send lag p99 ms |",
+            "|---" * (9 + len(CLASSES)) + "|"]
     return head + [
         f"| {name} | {row['requests']} | {row['goodput_rps']:.1f} | {fmt(row['p50_ms'])} "
-        f"| {fmt(row['p99_ms'])} | {fmt(row['p99_429_ms'])} | "
+        f"| {fmt(row['p99_ms'])} | {fmt(row['p99_429_ms'])} | {row['429_at_door']} | "
         + " | ".join(str(row["statuses"][c]) for c in CLASSES)
         + f" | {row['late']} | {fmt(row['send_lag_p99_ms'])} |"
         for name, row in phase_rows(results)]

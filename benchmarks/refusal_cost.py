@@ -1,0 +1,152 @@
+"""What saying no costs the server: its CPU per refusal, through HTTP.
+
+    python benchmarks/refusal_cost.py --model uq-classifier:latest \\
+        --output benchmarks/results/refusal_cost.json
+
+Under overload the service refuses most requests, and every refusal takes event-loop
+time from the requests it serves: goodput under 3x overload can only reach 90% of
+capacity if a refusal costs well under a tenth of a served request. This measures it.
+
+In each round (``--rounds``), ``--clients`` closed-loop keep-alive clients post a
+one-image ``/predict_batched`` body for ``--seconds``:
+
+1. to a real ``bentoml serve`` (loopback), with ``Content-Type: text/plain``: the
+   service's middleware answers each with 415 after reading the body and before
+   anything parses it, the same path as the door's 429 under overload (request id,
+   readiness, content type, body, ``{"error"}`` answer, request count);
+2. to a bare uvicorn app on the same event loop and HTTP parser (uvloop, httptools)
+   that reads the body and answers 429 with a JSON body: the floor of a Python ASGI
+   server on this machine.
+
+The figure is the server's CPU seconds (its worker process) over the answers it gave.
+The clients share the 2 cores; prints the medians over the rounds and every round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from benchmarks.overload import server_tree  # noqa: E402
+from benchmarks.service import _client, _request_bytes  # noqa: E402
+from loadtest.server import free_port, served  # noqa: E402
+from training.cli import OneLineErrorParser, positive_integer  # noqa: E402
+
+REFUSAL = json.dumps({"error": "the service is overloaded; retry later"}).encode()
+
+
+async def bare_app(scope: dict, receive, send) -> None:
+    """Read the body, answer 429 with a JSON body and Retry-After."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 429, "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(REFUSAL)).encode()), (b"retry-after", b"1")]})
+    await send({"type": "http.response.body", "body": REFUSAL})
+
+
+def one_image_body() -> bytes:
+    from training.data import load_dataset
+
+    image = load_dataset("fashion_mnist").x_test[0].reshape(-1).astype(int).tolist()
+    return json.dumps({"items": [{"instance": image, "n_samples": 30}]}).encode()
+
+
+def cpu_per_answer(port: int, process, request: bytes, clients: int, seconds: float) -> dict:
+    """Closed-loop clients for ``seconds``: answers, their statuses, the server's CPU."""
+    statuses: list[int] = []
+    stop = time.monotonic() + seconds
+
+    async def run() -> None:
+        await asyncio.gather(*(_client(port, [request], 0, 1, stop, [], statuses)
+                               for _ in range(clients)))
+
+    times = process.cpu_times()
+    started = time.perf_counter()
+    asyncio.run(run())
+    wall = time.perf_counter() - started
+    after = process.cpu_times()
+    cpu = after.user + after.system - times.user - times.system
+    return {"answers": len(statuses), "statuses": sorted(set(statuses)),
+            "answers_per_s": len(statuses) / wall, "server_cores": cpu / wall,
+            "cpu_us_per_answer": cpu / max(len(statuses), 1) * 1e6}
+
+
+def bare_server(port: int) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "benchmarks.refusal_cost:bare_app", "--port",
+         str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+         "--log-level", "warning"],
+        cwd=Path(__file__).resolve().parents[1])
+    import psutil
+
+    deadline = time.monotonic() + 30
+    while not any(c.laddr.port == port for c in psutil.net_connections("tcp")
+                  if c.status == psutil.CONN_LISTEN):
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError("the bare uvicorn app did not start")
+        time.sleep(0.2)
+    return process
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="uq-classifier:latest")
+    parser.add_argument("--clients", type=positive_integer, default=32)
+    parser.add_argument("--seconds", type=positive_integer, default=8)
+    parser.add_argument("--rounds", type=positive_integer, default=3)
+    parser.add_argument("--output", type=Path,
+                        default=Path("benchmarks/results/refusal_cost.json"))
+    args = parser.parse_args(argv)
+    import psutil
+
+    body = one_image_body()
+    service_request = _request_bytes("/predict_batched", body).replace(
+        b"application/json", b"text/plain", 1)
+    bare_request = _request_bytes("/predict_batched", body)
+    rounds: list[dict] = []
+    bare_port = free_port()
+    bare = bare_server(bare_port)
+    try:
+        with served(args.model, Path("/tmp")) as url:
+            port = int(url.rsplit(":", 1)[1])
+            worker = max(server_tree(port), key=lambda p: p.memory_info().rss)
+            for number in range(args.rounds):
+                figures = {
+                    "service": cpu_per_answer(port, worker, service_request, args.clients,
+                                              args.seconds),
+                    "bare": cpu_per_answer(bare_port, psutil.Process(bare.pid), bare_request,
+                                           args.clients, args.seconds),
+                }
+                rounds.append(figures)
+                print(f"round {number + 1}: " + ", ".join(
+                    f"{side} {f['cpu_us_per_answer']:.0f} us per answer "
+                    f"({f['answers_per_s']:.0f}/s, {f['server_cores']:.2f} cores, "
+                    f"statuses {f['statuses']})" for side, f in figures.items()), flush=True)
+    finally:
+        bare.terminate()
+        bare.wait()
+    medians = {side: statistics.median(r[side]["cpu_us_per_answer"] for r in rounds)
+               for side in ("service", "bare")}
+    print(f"\nmedian CPU per refusal: service {medians['service']:.0f} us, bare uvicorn "
+          f"{medians['bare']:.0f} us")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"model": args.model, "clients": args.clients,
+                                       "seconds": args.seconds, "median_cpu_us": medians,
+                                       "rounds": rounds}, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
