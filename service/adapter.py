@@ -218,6 +218,15 @@ def quiet_client_error_tracebacks() -> None:
     logging.getLogger(HTTP_APP_LOGGER).addFilter(_DropClientErrorTracebacks())
 
 
+def skip_uvicorn_access_log() -> None:
+    """uvicorn formats an access-log call for every response when its ``uvicorn.access``
+    logger has handlers, its ancestors' included: BentoML's root handler, whose level
+    (WARNING) then drops the INFO record. Without propagation it has none, and uvicorn
+    skips the call (about 6 us of a 90 us refusal). BentoML's access log
+    (UQ_ACCESS_LOG) is its own logger, not this one."""
+    logging.getLogger("uvicorn.access").propagate = False
+
+
 #: Monitor names whose first record (the schema) this process has written.
 _MONITORS_STARTED: set[str] = set()
 

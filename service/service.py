@@ -360,6 +360,7 @@ def _check_served_card() -> None:
 _check_served_card()
 adapter.declare_json_outputs(UQService)
 adapter.quiet_client_error_tracebacks()
+adapter.skip_uvicorn_access_log()
 # The Open Inference Protocol (KServe V2) under /v2/...: a Starlette app beside the
 # APIs, since BentoML APIs are POST-only and take no path parameters.
 adapter.mount_at_root(UQService, create_oip_app())
