@@ -69,6 +69,8 @@ from keras.src.models.functional import Functional
 MAX_ROWS_PER_CALL = 8192
 #: Calls of this many rows and more keep matrix products out of XLA (MCEngine._split_plan).
 SPLIT_PLAN_ROWS = 2048
+#: Rows of each call of ``sample_keyed``, fewer for wide models (MAX_BYTES_PER_CALL).
+KEYED_BLOCK_ROWS = 512
 #: Upper bound on the memory of the widest activation of one call, in bytes.
 MAX_BYTES_PER_CALL = 128 * 2**20
 
@@ -521,6 +523,8 @@ class MCEngine:
         self.max_rows_per_call = _largest_bucket_at_most(
             int(max_rows_per_call or _default_max_rows(chain[split:]))
         )
+        #: Rows of every ``sample_keyed`` call (a model's own: never max_rows_per_call).
+        self._keyed_block_rows = min(KEYED_BLOCK_ROWS, _default_max_rows(chain[split:]))
         self._forward_fused = self._compile(self._fused_plan())
         self._forward_split = self._compile(self._split_plan())
 
@@ -639,8 +643,8 @@ class MCEngine:
         ``n_samples``. ``seed`` (a non-negative integer) keys only the dropout layers that
         draw one mask per sample for all inputs (a leading 1 in ``noise_shape``): every row
         of every call with that seed shares them, as the rows of one request do in
-        ``sample``. Every call runs the matrix products in TensorFlow's oneDNN kernels, whose
-        result for a row does not depend on the call's other rows (tests check this)."""
+        ``sample``. Every call has one shape (``_keyed_forward`` says why), whatever
+        ``max_rows_per_call``; tests check that a row's bits do not depend on its call."""
         _check_count(n_samples, "n_samples")
         x = self._check_input(x)
         input_keys = self.row_keys(row_seeds, seed, len(x))  # [batch, dropout steps]
@@ -673,66 +677,56 @@ class MCEngine:
         return keys
 
     def _keyed_forward(self) -> tf.types.experimental.ConcreteFunction:
-        """The compiled call of ``sample_keyed``, built on first use: the split plan for
-        every call, whose per-row results do not depend on the call's row count (XLA's
-        fused dot programs change their accumulation order with the shape; TensorFlow's
-        oneDNN matrix products do not)."""
-        forward = getattr(self, "_keyed_split_forward", None)
+        """The compiled call of ``sample_keyed``, built on first use: the whole model, prefix
+        included, as one XLA program of one shape, ``_keyed_block_rows`` rows and as many
+        inputs. A row's result then cannot depend on the call's other rows or its size:
+        neither oneDNN's nor XLA's matrix products keep a row's bits across row counts on
+        every CPU (on an AMD EPYC with AVX2 both change its last bits with the count)."""
+        forward = getattr(self, "_keyed_block_forward", None)
         if forward is None:
             with _KEYED_COMPILE_LOCK:
-                forward = getattr(self, "_keyed_split_forward", None)
+                forward = getattr(self, "_keyed_block_forward", None)
                 if forward is None:
                     suffix = [
                         _SuffixDropout(_RowKeyedDropoutMask.of(step.mask), step.key_index)
                         if isinstance(step, _SuffixDropout) else step
                         for step in self._suffix
                     ]
+
+                    def plan(x, row_index, input_keys, sample_index):
+                        keys = tf.transpose(tf.gather(input_keys, row_index))  # [steps, R]
+                        rows = tf.gather(self._prefix(x), row_index)
+                        return _run_suffix(
+                            rows, suffix, lambda step, h: step(h, keys, sample_index))
+
+                    block = self._keyed_block_rows
                     signature = [
-                        tf.TensorSpec([None, *self.input_shape], tf.float32),
-                        tf.TensorSpec([None], tf.int32),  # row_index [R]
-                        tf.TensorSpec([None, len(self._dropout_steps)], tf.uint64),  # [B, steps]
-                        tf.TensorSpec([None], tf.int32),  # sample_index [R]
+                        tf.TensorSpec([block, *self.input_shape], tf.float32),  # x, padded
+                        tf.TensorSpec([block], tf.int32),  # row_index [R]
+                        tf.TensorSpec([block, len(self._dropout_steps)], tf.uint64),  # [B, steps]
+                        tf.TensorSpec([block], tf.int32),  # sample_index [R]
                     ]
                     forward = _compiled(
-                        self._keyed_split_plan(suffix), input_signature=signature
+                        plan, jit_compile=True, input_signature=signature
                     ).get_concrete_function()
-                    self._keyed_split_forward = forward
+                    self._keyed_block_forward = forward
         return forward
 
-    def _keyed_split_plan(self, suffix: Sequence[_SuffixStep]) -> _Plan:
-        """``_split_plan`` with per-row keys: x ``[B, ...]``, row_index ``[R]``, input_keys
-        ``[B, dropout steps]`` (each input row's keys), sample_index ``[R]``."""
-        run_suffix = self._split_suffix(suffix)
-        # in XLA: TensorFlow's own kernels log a fallback warning for uint64 on most CPUs
-        gather_keys = _compiled(
-            lambda input_keys, row_index: tf.transpose(tf.gather(input_keys, row_index)),
-            jit_compile=True,
-        )
-
-        def plan(x, row_index, input_keys, sample_index):
-            row_keys = gather_keys(input_keys, row_index)  # [steps, R]
-            return run_suffix(self._prefix(x), row_index, row_keys, sample_index)
-
-        return plan
-
     def _run_keyed(self, x: np.ndarray, counts: np.ndarray, input_keys: np.ndarray) -> np.ndarray:
-        """``_run`` with each input row's keys ``input_keys`` ``[batch, dropout steps]``."""
+        """``counts[i]`` samples of each input row, keyed by ``input_keys`` ``[batch,
+        dropout steps]``, in calls of ``_keyed_block_rows`` rows (the last one padded)."""
         forward = self._keyed_forward()
+        block = self._keyed_block_rows
         owners = np.repeat(np.arange(len(x), dtype=np.int32), counts)
         samples = _sample_numbers(counts)
         outputs = []
-        for chunk in _plan_chunks(owners, self.max_rows_per_call):
+        for chunk in _plan_chunks(owners, block):
             rows = slice(chunk.start, chunk.stop)
-            inputs = x[chunk.first_input : chunk.last_input + 1]
-            keys = input_keys[chunk.first_input : chunk.last_input + 1]
-            padding = (1 << (len(inputs) - 1).bit_length()) - len(inputs)  # B to a power of 2
-            if padding:
-                inputs = np.concatenate([inputs, np.zeros((padding, *x.shape[1:]), np.float32)])
-                keys = np.concatenate([keys, np.zeros((padding, keys.shape[1]), np.uint64)])
-            arguments = (
-                inputs, _padded(owners[rows] - chunk.first_input), keys, _padded(samples[rows])
-            )
-            probabilities = forward(*(tf.constant(argument) for argument in arguments)).numpy()
+            inputs = slice(chunk.first_input, chunk.last_input + 1)
+            arguments = (x[inputs], owners[rows] - chunk.first_input, input_keys[inputs],
+                         samples[rows])
+            probabilities = forward(
+                *(tf.constant(_filled(argument, block)) for argument in arguments)).numpy()
             outputs.append(probabilities[: chunk.stop - chunk.start])
         return np.concatenate(outputs)
 
@@ -841,6 +835,11 @@ def _largest_bucket_at_most(rows: int) -> int:
         return 1 << (rows.bit_length() - 1)
     step = 1 << ((rows - 1).bit_length() - 3)
     return rows // step * step
+
+
+def _filled(array: np.ndarray, rows: int) -> np.ndarray:
+    """``array`` ``[n, ...]`` to ``[rows, ...]`` (n <= rows), repeating its last row."""
+    return np.concatenate([array, np.repeat(array[-1:], rows - len(array), axis=0)])
 
 
 def _padded(indices: np.ndarray) -> np.ndarray:
