@@ -1,5 +1,7 @@
 """ASGI middleware in front of every route: request ids, readiness, body limits,
-content types, the door, error shape and request counts.
+content types, the door, error shape and request counts. It wraps BentoML's whole
+app (service/service.py's service class), so that what it answers itself never
+reaches BentoML's per-request work.
 
 - Every response but the probes' carries ``X-Request-ID``: the caller's, or a new
   one (service/request_ids.py), which the routes also put in their bodies.

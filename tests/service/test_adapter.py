@@ -227,3 +227,24 @@ def test_assumption_the_default_monitor_writes_json_lines_and_shares_its_loggers
     # the second monitor took over the loggers: the first one's last record went there
     assert [record["x"] for record in lines("second")] == [7, 8]
     assert [record["request_id_"] for record in first] == ["a", "b", "a", "b"]
+
+
+def test_uvicorn_formats_no_access_log_record_for_bentoml_to_drop():
+    """uvicorn formats an access-log record for every response while ``uvicorn.access``
+    has a handler, its ancestors' included; BentoML's root handler would drop them."""
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from service.adapter import skip_uvicorn_access_log
+
+    async def app(scope, receive, send):  # never called
+        raise AssertionError
+
+    skip_uvicorn_access_log()
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = HttpToolsProtocol(Config(app, log_config=None), ServerState(), {}, _loop=loop)
+    finally:
+        loop.close()
+    assert protocol.access_log is False

@@ -193,6 +193,26 @@ def test_metrics_count_requests_outcomes_and_flags(http, digits):
         assert name in metrics
 
 
+def test_the_middleware_answers_before_bentoml_sees_the_request(http):
+    """What the middleware answers itself (here a 415) is counted in uq_requests_total
+    and never reaches BentoML's app: its request metrics do not see it."""
+    def counts() -> tuple[float, list[str]]:
+        lines = http.get("/metrics").text.splitlines()
+        ours = [line for line in lines if line.startswith(
+            'uq_requests_total{endpoint="predict",outcome="client_error"} ')]
+        bentoml_seen = [line for line in lines if line.startswith("bentoml_service_request_total")
+                        and 'http_response_code="415"' in line]
+        return (float(ours[0].split()[-1]) if ours else 0.0), bentoml_seen
+
+    before, _ = counts()
+    response = http.post("/predict", content=b"x", headers={"content-type": "text/plain"})
+    assert response.status_code == 415 and "Content-Type" in response.json()["error"]
+    after, bentoml_seen = counts()
+    assert after == before + 1 and bentoml_seen == []
+    assert any(line.startswith("bentoml_service_request_total")
+               for line in http.get("/metrics").text.splitlines())  # BentoML counts the rest
+
+
 def test_python_client(server, digits):
     with bentoml.SyncHTTPClient(server) as client:
         body = client.predict({"instances": digits[:1].tolist(), "seed": 3})
