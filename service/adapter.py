@@ -74,8 +74,13 @@ class TooManyRequests(BentoMLException):
 
     def __init__(self, message: str, retry_after_seconds: float) -> None:
         super().__init__(message)
-        #: whole seconds, at least 1 (HTTP's Retry-After takes an integer)
-        self.retry_after = max(1, math.ceil(retry_after_seconds))
+        self.retry_after = whole_seconds(retry_after_seconds)
+
+
+def whole_seconds(seconds: float) -> int:
+    """A Retry-After value: whole seconds, at least 1 (HTTP's Retry-After takes an
+    integer)."""
+    return max(1, math.ceil(seconds))
 
 
 def keep_api_wrappers(service: Any, names: tuple[str, ...]) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from bentoml import get_current_service  # once: bentoml resolves its names on each access
 
 from service import metrics, request_ids
-from service.adapter import TooManyRequests, error_message, form_problem
+from service.adapter import error_message, form_problem, whole_seconds
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -115,7 +115,7 @@ class ServiceMiddleware:
         door = get_current_service().door
         refusal = door.refusal()
         if refusal:  # before BentoML parses the body: a tenth of the cost of a late refusal
-            retry_after = TooManyRequests(refusal, door.retry_after()).retry_after
+            retry_after = whole_seconds(door.retry_after())
             await responder.error(429, refusal, [(b"retry-after", str(retry_after).encode())])
             return
         door.enter()
