@@ -201,7 +201,7 @@ def test_the_middleware_answers_before_bentoml_sees_the_request(http):
         ours = [line for line in lines if line.startswith(
             'uq_requests_total{endpoint="predict",outcome="client_error"} ')]
         bentoml_seen = [line for line in lines if line.startswith("bentoml_service_request_total")
-                        and 'http_response_code="415"' in line]
+                        and 'endpoint="/predict"' in line and 'http_response_code="415"' in line]
         return (float(ours[0].split()[-1]) if ours else 0.0), bentoml_seen
 
     before, _ = counts()
