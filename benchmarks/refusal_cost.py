@@ -38,7 +38,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 from benchmarks.overload import server_tree  # noqa: E402
 from benchmarks.service import _client, _request_bytes  # noqa: E402
 from loadtest.server import free_port, served  # noqa: E402
-from training.cli import OneLineErrorParser, positive_integer  # noqa: E402
+from training.cli import OneLineErrorParser, fail, positive_integer  # noqa: E402
 
 REFUSAL = json.dumps({"error": "the service is overloaded; retry later"}).encode()
 
@@ -55,10 +55,10 @@ async def bare_app(scope: dict, receive, send) -> None:
     await send({"type": "http.response.body", "body": REFUSAL})
 
 
-def one_image_body() -> bytes:
+def one_image_body(dataset: str) -> bytes:
     from training.data import load_dataset
 
-    image = load_dataset("fashion_mnist").x_test[0].reshape(-1).astype(int).tolist()
+    image = load_dataset(dataset).x_test[0].reshape(-1).astype(int).tolist()
     return json.dumps({"items": [{"instance": image, "n_samples": 30}]}).encode()
 
 
@@ -108,9 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path,
                         default=Path("benchmarks/results/refusal_cost.json"))
     args = parser.parse_args(argv)
+    import bentoml
     import psutil
 
-    body = one_image_body()
+    from artifacts.store import read_card
+
+    try:
+        card = read_card(bentoml.models.get(args.model))
+    except bentoml.exceptions.NotFound:
+        return fail(parser.prog, f"model {args.model!r} is not in the store "
+                    "('bentoml models list')")
+    body = one_image_body(card.dataset)
     service_request = _request_bytes("/predict_batched", body).replace(
         b"application/json", b"text/plain", 1)
     bare_request = _request_bytes("/predict_batched", body)
@@ -118,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     bare_port = free_port()
     bare = bare_server(bare_port)
     try:
-        with served(args.model, Path("/tmp")) as url:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        with served(args.model, args.output.parent) as url:
             port = int(url.rsplit(":", 1)[1])
             worker = max(server_tree(port), key=lambda p: p.memory_info().rss)
             for number in range(args.rounds):
@@ -140,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
                for side in ("service", "bare")}
     print(f"\nmedian CPU per refusal: service {medians['service']:.0f} us, bare uvicorn "
           f"{medians['bare']:.0f} us")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"model": args.model, "clients": args.clients,
                                        "seconds": args.seconds, "median_cpu_us": medians,
                                        "rounds": rounds}, indent=2))

@@ -522,11 +522,12 @@ class MCEngine:
         self._sample_indexed = bool(self._shared_by_inputs.any())
         if max_rows_per_call is not None:
             _check_count(max_rows_per_call, "max_rows_per_call")
+        rows_in_memory = _default_max_rows(chain[split:])
         self.max_rows_per_call = _largest_bucket_at_most(
-            int(max_rows_per_call or _default_max_rows(chain[split:]))
+            int(max_rows_per_call or rows_in_memory)
         )
         #: Rows of every ``sample_keyed`` call (a model's own: never max_rows_per_call).
-        self._keyed_block_rows = min(KEYED_BLOCK_ROWS, _default_max_rows(chain[split:]))
+        self._keyed_block_rows = min(KEYED_BLOCK_ROWS, rows_in_memory)
         self._forward_fused = self._compile(self._fused_plan())
         self._forward_split = self._compile(self._split_plan())
 
@@ -846,9 +847,7 @@ def _filled(array: np.ndarray, rows: int) -> np.ndarray:
 
 def _padded(indices: np.ndarray) -> np.ndarray:
     """int32 ``indices`` ``[n]`` to their bucket ``[_bucket(n)]``, repeating the last."""
-    padded = np.full(_bucket(len(indices)), indices[-1], dtype=np.int32)
-    padded[: len(indices)] = indices
-    return padded
+    return _filled(np.asarray(indices, dtype=np.int32), _bucket(len(indices)))
 
 
 def _program(chunk: _Chunk) -> tuple[int, int]:
