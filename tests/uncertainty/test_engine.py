@@ -182,6 +182,53 @@ def test_samples_take_exactly_the_analytic_values():
     assert abs(counts[0] / 2000 - 0.5) < 5 * np.sqrt(0.25 / 2000)
 
 
+@pytest.mark.parametrize("rate", [0.5, 0.4, 0.1])
+def test_stratified_masks_drop_each_unit_at_its_rate_in_every_block(rate):
+    # 8 x 500 rows: 500 blocks of 8 samples; each unit is dropped rate * 8 times per
+    # block, rounded either way, and each place in a block at the rate
+    mask = DropoutMask("d", rate=rate, noise_shape=(300,), alpha=False)
+    strata = engine_module.Strata(tf.constant(9, tf.uint64), tf.range(500, dtype=tf.int32))
+    out = mask(tf.ones([8 * 500, 300]), tf.constant(3, tf.uint64), None, strata).numpy()
+    dropped = (out == 0).reshape(500, 8, 300)
+    assert set(np.unique(dropped.sum(axis=1))) <= {int(rate * 8), int(rate * 8) + 1}
+    per_place = dropped.mean(axis=(0, 2))
+    assert np.all(np.abs(per_place - rate) < 5 * np.sqrt(rate * (1 - rate) / (500 * 300)))
+    np.testing.assert_allclose(np.unique(out[out > 0]), [1 / mask.keep_probability])
+
+
+def test_stratified_samples_are_latin_hypercubes_whatever_the_chunking():
+    # the analytic model: a sample is kept (0.5 + w) or dropped (0.5); with rate 0.5 each
+    # block of 8 samples of an input keeps its unit exactly 4 times
+    model = keras.Sequential([
+        keras.Input((1,)),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(2, activation="softmax", use_bias=False),
+    ])
+    model.layers[-1].kernel.assign([[0.0, 0.7]])
+    x = np.ones((50, 1), np.float32)
+    samples = MCEngine(model).sample(x, 20, seed=4, stratified=True)  # [20, 50, 2]
+    kept = samples[:, :, 1] > 0.6
+    np.testing.assert_array_equal(kept[:8].sum(axis=0), 4)
+    np.testing.assert_array_equal(kept[8:16].sum(axis=0), 4)
+    assert set(kept[16:].sum(axis=0)) > {2}  # a block cut short: 4 of its 8 strata
+    np.testing.assert_array_equal(
+        samples, MCEngine(model).sample(x, 20, seed=4, stratified=True))
+    small_calls = MCEngine(model, max_rows_per_call=16).sample(x, 20, seed=4, stratified=True)
+    np.testing.assert_array_equal(small_calls[:, :, 1] > 0.6, kept)
+    assert not np.array_equal(MCEngine(model).sample(x, 20, seed=5, stratified=True), samples)
+
+
+def test_stratified_means_vary_less_than_independent_ones(engine):
+    x = np.random.default_rng(3).normal(size=(200, 12)).astype(np.float32)
+
+    def variance_of_the_mean(stratified: bool) -> float:
+        means = np.stack([engine.sample(x, 8, seed=seed, stratified=stratified).mean(axis=0)
+                          for seed in range(12)])  # [seeds, rows, classes]
+        return float(means.var(axis=0, ddof=1).sum(axis=1).mean())
+
+    assert variance_of_the_mean(True) < 0.8 * variance_of_the_mean(False)
+
+
 def test_zero_rates_and_rates_below_the_mask_resolution_give_the_inference_output():
     # 2**-18 rounds to the 16-bit threshold 0: the input mask keeps every unit, unscaled,
     # and every later layer, zero-rate dropout and BatchNormalization included, runs
@@ -231,11 +278,11 @@ def test_ragged_counts_in_one_call(engine, x):
 
 
 def test_many_batch_sizes_reuse_the_compiled_call(engine):
-    concrete = engine._forward_fused
+    concrete = engine._forwards["fused"]
     for batch in (1, 2, 3, 7, 16, 33):
         x = np.zeros((batch, 12), np.float32)
         assert engine.sample(x, 2).shape == (2, batch, 4)
-    assert engine._forward_fused is concrete
+    assert engine._forwards["fused"] is concrete
 
 
 def test_memory_bound_lowers_rows_per_call_for_wide_models():
@@ -440,13 +487,14 @@ def test_no_call_exceeds_max_rows_per_call(model, x):
     call = engine._call
     rows_per_call = []
 
-    def recording_call(inputs, row_index, *arguments):
-        rows_per_call.append(len(row_index))
-        return call(inputs, row_index, *arguments)
+    def recording_call(inputs, per_row, *arguments):
+        rows_per_call.append(len(per_row[0]))
+        return call(inputs, per_row, *arguments)
 
     engine._call = recording_call
     assert engine.sample(x, 100, seed=1).shape == (100, 3, 4)
     assert [len(rows) for rows in engine.sample_ragged(x, [1, 99, 150])] == [1, 99, 150]
+    assert engine.sample(x, 99, seed=2, stratified=True).shape == (99, 3, 4)
     engine.warm_up(n_samples=100, max_batch=3)
     assert max(rows_per_call) <= 100
 
