@@ -46,9 +46,9 @@ permutations, drawn per unit, block and input from a 32-bit hash), and a sample'
 uniform is ``(stratum + u / 65536) / 8``. Every sample is still an exact dropout
 sample, but a unit is dropped in a block as often as its rate says, give or take one:
 on the default Fashion-MNIST model the mean of 8 samples varies 0.42x as much as that
-of 8 independent ones (12 samples, a block and a half: 0.55x), at the same cost. A block cut short (a count not a multiple of 8) takes
-distinct strata too, without covering them all (the engine draws whole blocks and drops
-the samples past the count). Masks shared by the inputs of a sample are drawn plainly.
+of 8 independent ones (12 samples, a block and a half: 0.55x), at the same cost. A
+block cut short (a count not a multiple of 8) takes distinct strata too, without
+covering them all (the engine draws whole blocks and drops the samples past the count). Masks shared by the inputs of a sample are drawn plainly.
 The strata are keyed by the input's place in the call and the seed, not by the chunk,
 so chunking does not change them.
 
@@ -96,8 +96,10 @@ MAX_BYTES_PER_CALL = 128 * 2**20
 
 _UINT16_RANGE = 65536
 #: Every order of a block's strata ``[8!]``, packed: position p's stratum in bits 3p to 3p + 2.
-_STRATUM_ORDERS = (np.array(list(itertools.permutations(range(STRATUM_BLOCK))), np.int32)
-                   << np.arange(0, 3 * STRATUM_BLOCK, 3, dtype=np.int32)).sum(axis=1, dtype=np.int32)
+_STRATUM_ORDERS = (
+    np.array(list(itertools.permutations(range(STRATUM_BLOCK))), np.int32)
+    << np.arange(0, 3 * STRATUM_BLOCK, 3, dtype=np.int32)
+).sum(axis=1, dtype=np.int32)
 _SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
 _SPLITMIX_MULTIPLIERS = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 _SPLITMIX_SHIFTS = (30, 27, 31)
