@@ -48,9 +48,10 @@ sample, but a unit is dropped in a block as often as its rate says, give or take
 on the default Fashion-MNIST model the mean of 8 samples varies 0.42x as much as that
 of 8 independent ones (12 samples, a block and a half: 0.55x), at the same cost. A
 block cut short (a count not a multiple of 8) takes distinct strata too, without
-covering them all (the engine draws whole blocks and drops the samples past the count). Masks shared by the inputs of a sample are drawn plainly.
-The strata are keyed by the input's place in the call and the seed, not by the chunk,
-so chunking does not change them.
+covering them all (the engine draws whole blocks and drops the samples past the count).
+Masks shared by the inputs of a sample are drawn plainly. The strata are keyed by the
+input's place in the call and the seed, not by the chunk, so chunking does not change
+them.
 
 ``sample_keyed`` keys the masks per input row instead of per call: row ``i``'s
 masks are SplitMix64 streams of a key derived from ``row_seeds[i]`` (and the
