@@ -92,7 +92,7 @@ class Predictor:
         if self.auto is None:
             raise ValueError('n_samples: "auto" needs a model card calibrated for it')
         result = sample_sequential(self.engine, x, self.auto.rule(risk_threshold),
-                                   self.auto.schedule, seed)
+                                   self.auto.schedule, seed, stratified=self.auto.stratified)
         predictions: list[Prediction | None] = [None] * len(x)
         for count in np.unique(result.n_samples).tolist():  # rows with equal N share a call
             rows = np.flatnonzero(result.n_samples == count)

@@ -54,7 +54,7 @@ def auto_report(engine: Any, card: Any, x_test: np.ndarray, y_test: np.ndarray,
         return None
     started = time.perf_counter()
     result = auto_draw(engine, x_test, auto.stopping, auto.schedule,
-                       seed + AUTO_SEED_INDEX * seed_stride)
+                       seed + AUTO_SEED_INDEX * seed_stride, auto.stratified)
     summary, calibration = result.summary, auto.calibration
     logger.info("auto on the test split: mean N %.2f in %.1f s", result.n_samples.mean(),
                 time.perf_counter() - started)
@@ -72,7 +72,7 @@ def auto_report(engine: Any, card: Any, x_test: np.ndarray, y_test: np.ndarray,
     }
     for index, (name, inputs) in enumerate(shifted_inputs.items(), start=1):
         shifted = auto_draw(engine, inputs, auto.stopping, auto.schedule,
-                            seed + (AUTO_SEED_INDEX + index) * seed_stride)
+                            seed + (AUTO_SEED_INDEX + index) * seed_stride, auto.stratified)
         row["shifted"][name] = {**flag_fractions(shifted.summary, calibration),
                                 "mean_n_samples": float(shifted.n_samples.mean())}
     return row

@@ -47,10 +47,13 @@ INTERVAL_LEVEL = 0.95
 RESAMPLES_PER_BLOCK = 100  # bounds the [resamples, rows] weights held at once
 
 
-def mc_samples(engine: MCEngine, x: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
-    """``n_samples`` MC samples ``[n_samples, rows, classes]`` of a whole split ``x``."""
+def mc_samples(engine: MCEngine, x: np.ndarray, n_samples: int, seed: int,
+               stratified: bool = False) -> np.ndarray:
+    """``n_samples`` MC samples ``[n_samples, rows, classes]`` of a whole split ``x``
+    (``stratified``: Latin hypercubes of masks, MCEngine.sample)."""
     parts = [
-        engine.sample(x[start : start + ROWS_PER_SAMPLING_BATCH], n_samples, seed=seed + index)
+        engine.sample(x[start : start + ROWS_PER_SAMPLING_BATCH], n_samples, seed=seed + index,
+                      stratified=stratified)
         for index, start in enumerate(range(0, len(x), ROWS_PER_SAMPLING_BATCH))
     ]
     return np.concatenate(parts, axis=1)
@@ -153,13 +156,14 @@ AUTO_TEST_SEED_OFFSET = 4 * 10**6
 
 
 def auto_draw(
-    engine: MCEngine, x: np.ndarray, rule: StoppingRule, schedule: Sequence[int], seed: int
+    engine: MCEngine, x: np.ndarray, rule: StoppingRule, schedule: Sequence[int], seed: int,
+    stratified: bool,
 ) -> SequentialDraw:
     """The adaptive procedure (uncertainty.sequential) on a whole split ``x``, as the
     service runs it, ROWS_PER_SAMPLING_BATCH rows at a time with mc_samples' seeds."""
     parts = [
         sample_sequential(engine, x[start : start + ROWS_PER_SAMPLING_BATCH], rule, schedule,
-                          seed=seed + index)
+                          seed=seed + index, stratified=stratified)
         for index, start in enumerate(range(0, len(x), ROWS_PER_SAMPLING_BATCH))
     ]
     return SequentialDraw(
@@ -179,16 +183,18 @@ def calibrate_auto_procedure(
 ) -> tuple[AutoCalibration, SequentialDraw]:
     """Calibrate ``n_samples: "auto"`` as its own N on the rows ``x``, ``y``: the
     stopping rule stops against the calibration of the largest calibrated N up to
-    ``max_samples`` (``calibrations`` ascend in N), then the procedure runs on the rows
-    and its outputs fit the final policies (uncertainty.sequential.calibrate_auto).
+    ``max_samples`` (``calibrations`` ascend in N), then the procedure runs on the rows,
+    in stratified rounds, and its outputs fit the final policies
+    (uncertainty.sequential.calibrate_auto).
     Returns the calibration and the procedure's draw."""
     stopping_calibration = for_n_samples(calibrations, max_samples)
     stopping = StoppingRule.of(stopping_calibration)
     schedule = round_schedule(min(FIRST_ROUND_SAMPLES, max_samples), max_samples)
-    result = auto_draw(engine, x, stopping, schedule, seed)
+    result = auto_draw(engine, x, stopping, schedule, seed, stratified=True)
     auto = calibrate_auto(
         result, y, schedule=schedule, stopping=stopping,
-        stopping_n_samples=stopping_calibration.n_samples, target_error=target_error,
+        stopping_n_samples=stopping_calibration.n_samples, stratified=True,
+        target_error=target_error,
         conformal_alpha=conformal_alpha, novelty_false_alarm_rate=novelty_false_alarm_rate,
     )
     return auto, result
@@ -383,7 +389,7 @@ def evaluate_and_calibrate(
         novelty_false_alarm_rate=novelty_false_alarm_rate, seed=seed + AUTO_CALIBRATION_SEED_OFFSET,
     )
     auto_test = auto_draw(engine, x_test, auto.stopping, auto.schedule,
-                          seed + AUTO_TEST_SEED_OFFSET)
+                          seed + AUTO_TEST_SEED_OFFSET, auto.stratified)
     test = mc_summary(engine, x_test, n_samples, seed + 10**6)
     deterministic = model.predict(x_test, batch_size=1024, verbose=0)
     deterministic_aurc = metrics.aurc(1.0 - deterministic.max(axis=1),

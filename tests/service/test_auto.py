@@ -151,8 +151,26 @@ def test_the_real_server_answers_auto(server, digits, auto):
         check_auto(batched, auto)
         card = http.post("/metadata", json={}).json()
         assert card["auto_calibration"]["schedule"] == list(auto.schedule)
+        assert card["auto_calibration"]["stratified"] is True
         assert_error(http.post("/predict", json={"instances": [DIGIT], "n_samples": "Auto"}),
                      400, "n_samples", 'or "auto"')
+
+
+def test_a_card_calibrated_before_stratified_rounds_keeps_independent_ones(
+        client, monkeypatch):
+    predictor = bentoml.get_current_service().predictor
+    stored = predictor.card.model_dump(mode="json")
+    del stored["auto_calibration"]["stratified"]  # as cards of the earlier rounds were written
+    old_card = type(predictor.card).model_validate(stored)
+    assert old_card.auto_calibration.stratified is False
+    drawn = []
+    sample = predictor.engine.sample
+    monkeypatch.setattr(predictor.engine, "sample", lambda *args, stratified, **options: (
+        drawn.append(stratified), sample(*args, stratified=stratified, **options))[1])
+    post(client, "/predict", {"instances": [DIGIT], "n_samples": "auto", "seed": 3})
+    monkeypatch.setattr(predictor, "card", old_card)
+    post(client, "/predict", {"instances": [DIGIT], "n_samples": "auto", "seed": 3})
+    assert drawn[0] is True and drawn[-1] is False and set(drawn) == {True, False}
 
 
 def test_a_max_auto_samples_other_than_the_calibrated_cap_stops_start_up(

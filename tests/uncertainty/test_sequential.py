@@ -152,30 +152,36 @@ def engine() -> MCEngine:
     return MCEngine(model)
 
 
-def test_the_same_seed_gives_bit_identical_answers_and_rows_leave_the_engine_calls(engine):
+@pytest.mark.parametrize("stratified", [True, False])
+def test_the_same_seed_gives_bit_identical_answers_and_rows_leave_the_engine_calls(
+        engine, stratified):
     x = np.random.default_rng(0).normal(scale=2.0, size=(40, 6)).astype(np.float32)
     calls: list[tuple[int, int]] = []
     sample = engine.sample
 
-    def counted(rows, n_samples, seed=None):
-        calls.append((len(rows), n_samples))
-        return sample(rows, n_samples, seed)
+    def counted(rows, n_samples, seed=None, stratified=False):
+        calls.append((len(rows), n_samples, stratified))
+        return sample(rows, n_samples, seed, stratified)
+
+    def run(seed: int):
+        return sample_sequential(engine, x, rule(), round_schedule(4, 32), seed=seed,
+                                 stratified=stratified)
 
     engine.sample = counted
     try:
-        first = sample_sequential(engine, x, rule(), round_schedule(4, 32), seed=11)
+        first = run(11)
     finally:
         del engine.sample
-    second = sample_sequential(engine, x, rule(), round_schedule(4, 32), seed=11)
-    other = sample_sequential(engine, x, rule(), round_schedule(4, 32), seed=12)
+    second, other = run(11), run(12)
     np.testing.assert_array_equal(first.n_samples, second.n_samples)
     np.testing.assert_array_equal(first.summary.mean, second.summary.mean)
     for a, b in zip(first.samples, second.samples, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first.summary.mean, other.summary.mean)
     # engine rows: every round draws only for the rows still open
-    assert calls[0] == (40, 4) and [rows for rows, _ in calls] == first.active_rows
-    assert sum(rows * count for rows, count in calls) == first.engine_rows
+    assert calls[0] == (40, 4, stratified) and [rows for rows, *_ in calls] == first.active_rows
+    assert {drawn for *_, drawn in calls} == {stratified}
+    assert sum(rows * count for rows, count, _ in calls) == first.engine_rows
     assert first.engine_rows < 40 * 32 and len(calls) >= 2 and calls[-1][0] < 40
 
 
@@ -190,9 +196,9 @@ def test_calibrating_auto_fits_the_final_policies_on_the_procedures_outputs():
     stopping = rule()
     result = run_sequential(draw, rows, stopping, schedule)
     auto = calibrate_auto(result, labels, schedule=schedule, stopping=stopping,
-                          stopping_n_samples=32, target_error=0.1, conformal_alpha=0.1,
-                          novelty_false_alarm_rate=0.05)
-    assert auto.schedule == schedule and auto.max_samples == 32
+                          stopping_n_samples=32, stratified=True, target_error=0.1,
+                          conformal_alpha=0.1, novelty_false_alarm_rate=0.05)
+    assert auto.schedule == schedule and auto.max_samples == 32 and auto.stratified
     assert auto.risk_policy.metric == stopping.risk_metric  # the score the rule settles
     assert auto.mean_n_samples == pytest.approx(result.n_samples.mean())
     assert sum(auto.n_samples_shares.values()) == pytest.approx(1.0)
