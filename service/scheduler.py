@@ -6,8 +6,10 @@ Work: one request's (or one batched item's) instances ``x`` ``[batch, *input_sha
 at one ``n_samples``. Its engine rows (batch x N, instance-major) are cut into
 slices of at most :data:`SLICE_ROWS` rows, a fixed function of the request alone:
 whole instances when N fits a slice, else one instance's samples in nearly equal
-parts. "auto" is sliced by instances, as many as its mean N on the calibration
-split expects to fit.
+parts. "auto" is sliced by instances, as many as its first round's samples fit
+(64 at 8 samples), and priced at its mean N on the calibration split: its later
+rounds hold the few instances still open, and each is an engine call of its own, so
+fewer, larger slices make fewer calls.
 
 Rounds: while the engine thread draws one round, requests queue; the next round
 takes the next slice of each queued work in arrival order, as long as the round
@@ -341,7 +343,7 @@ class Scheduler:
         work.n_samples = n_samples
         if n_samples == AUTO:
             auto = self.predictor.auto
-            per_slice = max(1, int(SLICE_ROWS // auto.mean_n_samples))
+            per_slice = max(1, SLICE_ROWS // auto.schedule[0])
             work.slices = [
                 Slice(index, start, min(start + per_slice, work.batch), auto.max_samples,
                       (min(start + per_slice, work.batch) - start) * auto.mean_n_samples)
