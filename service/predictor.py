@@ -49,6 +49,8 @@ class Predictor:
         model, card, tag = load_classifier(model_ref)
         predictor = cls(MCEngine(model), card, tag, default_samples or card.default_n_samples)
         predictor.engine.warm_up(predictor.default_samples, warm_up_batch)
+        if predictor.auto is not None and predictor.auto.stratified:
+            predictor.engine.warm_up_stratified()
         logger.info("loaded %s in %.1f s", tag, time.perf_counter() - started)
         return predictor
 

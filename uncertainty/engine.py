@@ -841,6 +841,16 @@ class MCEngine:
                 self.sample(x[:batch], n_samples, seed=0)
                 compiled |= programs
 
+    def warm_up_stratified(self) -> None:
+        """Compile now the programs of stratified calls of fewer than SPLIT_PLAN_ROWS rows:
+        one per bucket of whole blocks of STRATUM_BLOCK rows (the sizes of the rounds of
+        n_samples "auto"), so that no request waits for a compilation."""
+        rows = STRATUM_BLOCK
+        while rows < SPLIT_PLAN_ROWS and rows <= self.max_rows_per_call:
+            x = np.zeros((rows // STRATUM_BLOCK, *self.input_shape), np.float32)
+            self.sample(x, STRATUM_BLOCK, seed=0, stratified=True)
+            rows = _bucket(rows + STRATUM_BLOCK)
+
     def _check_input(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:

@@ -84,6 +84,15 @@ def test_auto_works_report_each_rows_n(predictor, x):
     assert all(p.n_samples in predictor.auto.schedule for p in predictions)
 
 
+def test_auto_is_sliced_by_its_first_round_and_priced_at_its_mean_n(predictor, x):
+    auto = predictor.auto
+    per_slice = SLICE_ROWS // auto.schedule[0]  # the first round's engine call: SLICE_ROWS rows
+    work = Work(np.concatenate([x] * (per_slice // len(x) + 1)), "auto")
+    scheduler(predictor)._plan(work, "auto")
+    assert [piece.instances for piece in work.slices] == [per_slice, len(work.x) - per_slice]
+    assert work.slices[0].rows == pytest.approx(per_slice * auto.mean_n_samples)
+
+
 def test_queued_rows_past_the_bound_are_refused_but_an_empty_queue_admits_anything(
         predictor, x):
     lane = scheduler(predictor, max_queued_rows=100)
