@@ -45,8 +45,9 @@ unit's eight samples take the eight strata of [0, 1) in a random order (one of t
 permutations, drawn per unit, block and input from a 32-bit hash), and a sample's
 uniform is ``(stratum + u / 65536) / 8``. Every sample is still an exact dropout
 sample, but a unit is dropped in a block as often as its rate says, give or take one:
-on the default Fashion-MNIST model the mean of 8 samples varies 0.42x as much as that
-of 8 independent ones (12 samples, a block and a half: 0.55x), at the same cost. A
+on the default Fashion-MNIST model the mean of 8 samples varies 0.44x as much as that
+of 8 independent ones (12 samples, a block and a half: 0.55x), at the same cost
+(benchmarks/stratified.py). A
 block cut short (a count not a multiple of 8) takes distinct strata too, without
 covering them all (the engine draws whole blocks and drops the samples past the count).
 Masks shared by the inputs of a sample are drawn plainly. The strata are keyed by the

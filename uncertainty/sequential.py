@@ -55,7 +55,7 @@ Stratified rounds: the procedure as calibrated now draws each round as Latin
 hypercubes of dropout masks (``MCEngine.sample(stratified=True)``): in each block of 8
 samples of a row, every unit of every dropout layer is dropped as often as its rate
 says, give or take one. Each sample is still an exact dropout sample, but the mean of
-a round varies about 0.4x as much as that of independent samples, which is what
+a round varies about 0.45x as much as that of independent samples, which is what
 brings the NLL of "auto" near that of N=100 (no allocation of independent samples
 can: see benchmarks/adaptive_rule.py). The rule's standard error treats the samples as
 independent and so overstates the error of a stratified mean: rows stop later than
