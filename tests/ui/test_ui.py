@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -98,14 +99,24 @@ def chosen(driver) -> tuple[int, int]:
     return n_samples, int(by_id(driver, "seed").get_attribute("value"))
 
 
+def read_plot(driver, read):
+    """``read(driver)`` of the sample plot, read again when the page redraws the plot
+    under it (its ResizeObserver redraws it when the layout settles after an answer)."""
+    return WebDriverWait(driver, WAIT_SECONDS,
+                         ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda driver: (read(driver),))[0]
+
+
 def marks_per_class(driver) -> list[int]:
-    rows = driver.find_elements(By.CSS_SELECTOR, "#sample-plot .class-row")
-    return [len(row.find_elements(By.CSS_SELECTOR, "circle.sample-mark")) for row in rows]
+    return read_plot(driver, lambda driver: [
+        len(row.find_elements(By.CSS_SELECTOR, "circle.sample-mark"))
+        for row in driver.find_elements(By.CSS_SELECTOR, "#sample-plot .class-row")])
 
 
 def mark_positions(driver) -> list[str]:
-    return [mark.get_attribute("cx")
-            for mark in driver.find_elements(By.CSS_SELECTOR, "#sample-plot .sample-mark")]
+    return read_plot(driver, lambda driver: [
+        mark.get_attribute("cx")
+        for mark in driver.find_elements(By.CSS_SELECTOR, "#sample-plot .sample-mark")])
 
 
 def predict_image(http, path: Path, n_samples: int, seed: int) -> httpx.Response:
@@ -149,7 +160,8 @@ def test_an_uploaded_png_shows_the_apis_answer(page, http, digit_png):
     assert by_id(page, "result-seed").text == str(seed)
     assert by_id(page, "result-latency").text.endswith("ms")
     assert marks_per_class(page) == [n_samples] * len(answer["probabilities"])
-    shown_means = [row.text for row in page.find_elements(By.CSS_SELECTOR, ".class-value")]
+    shown_means = read_plot(page, lambda driver: [
+        row.text for row in driver.find_elements(By.CSS_SELECTOR, ".class-value")])
     assert shown_means == [f"{mean:.3f} ± {std:.3f}"
                            for mean, std in zip(answer["probabilities"], answer["std"],
                                                 strict=True)]
