@@ -40,19 +40,18 @@ sample, shared by every input of the request (its key is the same in every
 chunk, and the mask a function of the sample's number).
 
 ``sample(..., stratified=True)`` draws each input's samples as Latin hypercubes of
-dropout masks, in blocks of ``STRATUM_BLOCK`` (8) consecutive samples: in a block, each
-unit's eight samples take the eight strata of [0, 1) in a random order (one of the 8!
-permutations, drawn per unit, block and input from a 32-bit hash), and a sample's
-uniform is ``(stratum + u / 65536) / 8``. Every sample is still an exact dropout
-sample, but a unit is dropped in a block as often as its rate says, give or take one:
-on the default Fashion-MNIST model the mean of 8 samples varies 0.44x as much as that
-of 8 independent ones (12 samples, a block and a half: 0.55x), at the same cost
-(benchmarks/stratified.py). A
-block cut short (a count not a multiple of 8) takes distinct strata too, without
-covering them all (the engine draws whole blocks and drops the samples past the count).
-Masks shared by the inputs of a sample are drawn plainly. The strata are keyed by the
-input's place in the call and the seed, not by the chunk, so chunking does not change
-them.
+dropout masks, in blocks of ``STRATUM_BLOCK`` (8) consecutive samples: in a block,
+each unit's eight samples take the eight strata of [0, 1) in a random order (one of
+the 8! permutations, drawn per unit, block and input from a 32-bit hash), and a
+sample's uniform is ``(stratum + u / 65536) / 8``. Every sample is still an exact
+dropout sample, but a unit is dropped in a block as often as its rate says, give or
+take one: on the default Fashion-MNIST model the mean of 8 samples varies 0.44x as
+much as that of 8 independent ones (12 samples, a block and a half: 0.55x), at the
+same cost (benchmarks/stratified.py). A block cut short (a count not a multiple of
+8) takes distinct strata too, without covering them all (the engine draws whole
+blocks and drops the samples past the count). Masks shared by the inputs of a sample
+are drawn plainly. The strata are keyed by the input's place in the call and the
+seed, not by the chunk, so chunking does not change them.
 
 ``sample_keyed`` keys the masks per input row instead of per call: row ``i``'s
 masks are SplitMix64 streams of a key derived from ``row_seeds[i]`` (and the
@@ -596,7 +595,8 @@ class MCEngine:
         )
         #: Rows of every ``sample_keyed`` call (a model's own: never max_rows_per_call).
         self._keyed_block_rows = min(KEYED_BLOCK_ROWS, rows_in_memory)
-        #: (plain, stratified) -> compiled call: the stratified ones compile on first use
+        #: "fused" or "split" -> its compiled call (``_call`` picks by the call's rows); the
+        #: stratified ones (``_stratified_forward``) are built on first use
         self._forwards = {plan: self._compile(plan_body)
                           for plan, plan_body in (("fused", self._fused_plan()),
                                                   ("split", self._split_plan()))}
@@ -915,11 +915,14 @@ class MCEngine:
 
     def _stratified_forward(self, plan: str) -> tf.types.experimental.ConcreteFunction:
         """The stratified compiled call of ``plan`` ("fused" or "split"), built on first use."""
-        with _COMPILE_LOCK:
-            if plan not in self._stratified_forwards:
-                body = self._fused_plan() if plan == "fused" else self._split_plan()
-                self._stratified_forwards[plan] = self._compile(body, stratified=True)
-            return self._stratified_forwards[plan]
+        forward = self._stratified_forwards.get(plan)
+        if forward is None:
+            with _COMPILE_LOCK:
+                if plan not in self._stratified_forwards:
+                    body = self._fused_plan() if plan == "fused" else self._split_plan()
+                    self._stratified_forwards[plan] = self._compile(body, stratified=True)
+                forward = self._stratified_forwards[plan]
+        return forward
 
 
 def _compiled(function=None, **options):
