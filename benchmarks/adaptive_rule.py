@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path,
                         default=Path("benchmarks/results/adaptive_rule.json"))
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.seed < 0:
+        parser.error("--repeats must be >= 1 and --seed >= 0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import bentoml
 
