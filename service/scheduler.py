@@ -341,19 +341,16 @@ class Scheduler:
 
     def _plan(self, work: Work, n_samples: int | str) -> None:
         work.n_samples = n_samples
-        if n_samples == AUTO:
+        if n_samples == AUTO:  # samples of the first call, at most, and expected per instance
             auto = self.predictor.auto
-            per_slice = max(1, SLICE_ROWS // auto.schedule[0])
+            first, samples, expected = auto.schedule[0], auto.max_samples, auto.mean_n_samples
+        else:
+            first = samples = expected = n_samples
+        if first <= SLICE_ROWS:
+            per_slice = SLICE_ROWS // first
             work.slices = [
-                Slice(index, start, min(start + per_slice, work.batch), auto.max_samples,
-                      (min(start + per_slice, work.batch) - start) * auto.mean_n_samples)
-                for index, start in enumerate(range(0, work.batch, per_slice))
-            ]
-        elif n_samples <= SLICE_ROWS:
-            per_slice = SLICE_ROWS // n_samples
-            work.slices = [
-                Slice(index, start, min(start + per_slice, work.batch), n_samples,
-                      (min(start + per_slice, work.batch) - start) * n_samples)
+                Slice(index, start, min(start + per_slice, work.batch), samples,
+                      (min(start + per_slice, work.batch) - start) * expected)
                 for index, start in enumerate(range(0, work.batch, per_slice))
             ]
         else:  # one instance per slice, its samples in nearly equal parts

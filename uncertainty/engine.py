@@ -872,7 +872,8 @@ class MCEngine:
         samples past its count are dropped."""
         drawn = -(-counts // STRATUM_BLOCK) * STRATUM_BLOCK if stratified else counts
         owners = np.repeat(np.arange(len(x), dtype=np.int32), drawn)  # [total] input row
-        samples = _sample_numbers(drawn)  # [total] sample of that input
+        # [total] sample of that input, when a call needs it
+        samples = _sample_numbers(drawn) if stratified or self._sample_indexed else None
         if stratified and self.max_rows_per_call % STRATUM_BLOCK:
             raise ValueError(f"stratified sampling needs calls of a multiple of "
                              f"{STRATUM_BLOCK} rows, got {self.max_rows_per_call}")

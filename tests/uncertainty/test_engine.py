@@ -167,14 +167,21 @@ def test_spatial_mask_is_shared_across_positions():
     assert 0 < (out == 0).mean() < 1
 
 
-def test_samples_take_exactly_the_analytic_values():
-    # one input unit x = 1 with dropout 0.5: the logit is 0 or 2 w, nothing else
+def analytic_model() -> keras.Model:
+    """One input unit with dropout 0.5 and logits (0, 0.7 x): for x = 1 a sample's second
+    probability is 0.5 when the unit is dropped, sigmoid(0.7 / keep) when kept."""
     model = keras.Sequential([
         keras.Input((1,)),
         keras.layers.Dropout(0.5),
         keras.layers.Dense(2, activation="softmax", use_bias=False),
     ])
     model.layers[-1].kernel.assign([[0.0, 0.7]])
+    return model
+
+
+def test_samples_take_exactly_the_analytic_values():
+    # one input unit x = 1 with dropout 0.5: the logit is 0 or 2 w, nothing else
+    model = analytic_model()
     samples = MCEngine(model).sample(np.ones((1, 1), np.float32), 2000, seed=0)[:, 0, 1]
     kept = 1 / (1 + np.exp(-0.7 / DropoutMask("", 0.5, (1,), False).keep_probability))
     values, counts = np.unique(np.round(samples, 6), return_counts=True)
@@ -199,12 +206,7 @@ def test_stratified_masks_drop_each_unit_at_its_rate_in_every_block(rate):
 def test_stratified_samples_are_latin_hypercubes_whatever_the_chunking():
     # the analytic model: a sample is kept (0.5 + w) or dropped (0.5); with rate 0.5 each
     # block of 8 samples of an input keeps its unit exactly 4 times
-    model = keras.Sequential([
-        keras.Input((1,)),
-        keras.layers.Dropout(0.5),
-        keras.layers.Dense(2, activation="softmax", use_bias=False),
-    ])
-    model.layers[-1].kernel.assign([[0.0, 0.7]])
+    model = analytic_model()
     x = np.ones((50, 1), np.float32)
     samples = MCEngine(model).sample(x, 20, seed=4, stratified=True)  # [20, 50, 2]
     kept = samples[:, :, 1] > 0.6
