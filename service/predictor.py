@@ -20,7 +20,13 @@ from service.inputs import InputSpec
 from service.schemas import Prediction
 from uncertainty.calibration import decide
 from uncertainty.engine import MCEngine, configure_tensorflow_threads
-from uncertainty.sequential import AUTO, AutoCalibration, sample_sequential
+from uncertainty.sequential import (
+    AUTO,
+    AutoCalibration,
+    SequentialDraw,
+    SequentialRun,
+    sample_sequential,
+)
 from uncertainty.summary import UncertaintySummary, summarize
 
 logger = logging.getLogger(__name__)
@@ -95,7 +101,18 @@ class Predictor:
             raise ValueError('n_samples: "auto" needs a model card calibrated for it')
         result = sample_sequential(self.engine, x, self.auto.rule(risk_threshold),
                                    self.auto.schedule, seed, stratified=self.auto.stratified)
-        predictions: list[Prediction | None] = [None] * len(x)
+        return self.auto_predictions(result, risk_threshold, return_samples)
+
+    def auto_run(self, rows: int, risk_threshold: float | None = None) -> SequentialRun:
+        """The procedure of "auto" on ``rows`` rows, for a caller that draws its rounds
+        (``engine.sample_ragged(..., stratified=self.auto.stratified)``)."""
+        return SequentialRun(rows, self.auto.rule(risk_threshold), self.auto.schedule)
+
+    def auto_predictions(self, result: SequentialDraw, risk_threshold: float | None = None,
+                         return_samples: bool = False) -> list[Prediction]:
+        """One prediction per row of a sequential draw, each with its own N, all judged by
+        the calibration of "auto"."""
+        predictions: list[Prediction | None] = [None] * len(result.n_samples)
         for count in np.unique(result.n_samples).tolist():  # rows with equal N share a call
             rows = np.flatnonzero(result.n_samples == count)
             part = UncertaintySummary(**{name: values[rows] for name, values

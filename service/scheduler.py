@@ -7,9 +7,7 @@ at one ``n_samples``. Its engine rows (batch x N, instance-major) are cut into
 slices of at most :data:`SLICE_ROWS` rows, a fixed function of the request alone:
 whole instances when N fits a slice, else one instance's samples in nearly equal
 parts. "auto" is sliced by instances, as many as its first round's samples fit
-(64 at 8 samples), and priced at its mean N on the calibration split: its later
-rounds hold the few instances still open, and each is an engine call of its own, so
-fewer, larger slices make fewer calls.
+(64 at 8 samples), and priced at its mean N on the calibration split.
 
 Rounds: while the engine thread draws one round, requests queue; the next round
 takes the next slice of each queued work in arrival order, as long as the round
@@ -18,10 +16,18 @@ not fit waits a round; the first always fits). While short works (a single
 slice) wait, a round with slices of long works is followed by one without: a
 small request waits for at most one slice of each big one, and big ones still
 get every other round. Unseeded fixed-N slices of every work share one engine
-call, and unseeded "auto" slices one sequential draw; seeded slices run as calls
-of their own, slice ``k`` with a seed derived from the request's seed and ``k``
-(slice 0: the seed itself), so that the same seed gives the same answer whatever
-else is queued.
+call; seeded slices run as calls of their own, slice ``k`` with a seed derived from
+the request's seed and ``k`` (slice 0: the seed itself), so that the same seed gives
+the same answer whatever else is queued.
+
+Unseeded "auto" slices are batched continuously: a slice starts its sequential
+procedure (uncertainty.sequential.SequentialRun) in the round that takes it, and
+every round then draws the next round of every procedure under way, in one engine
+call: the first rounds of new slices beside the later rounds of older ones, whose
+few open instances would otherwise pay an engine call each. A work finishes when
+its last procedure ends. Later rounds are not held to the round's caps: they are
+work already admitted, and small (the instances still open after the first round,
+about a sixth of them on the default model).
 
 Admission, when a request arrives: refused (:class:`Overloaded`, 429) when the rows
 admitted and not yet drawn would pass ``max_queued_rows`` (an empty queue admits
@@ -46,11 +52,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
 from service import metrics
 from service.schemas import AUTO, Prediction
+from uncertainty.sequential import SequentialDraw, SequentialRun
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +111,7 @@ class Work:
     short: bool = True  # a single slice: it never waits behind a long work's slices
     parts: list[list[np.ndarray]] = dataclasses.field(default_factory=list)  # per instance
     predictions: list[Prediction] = dataclasses.field(default_factory=list)  # "auto"
+    open_runs: int = 0  # its unseeded "auto" slices whose procedure is under way
     engine_seconds: float = 0.0  # rounds it took part in
     predicted_finish: float = 0.0  # time.perf_counter() seconds, by the cost model alone
     future: asyncio.Future | None = None
@@ -118,7 +127,29 @@ class Work:
 
     @property
     def done(self) -> bool:
-        return not self.slices
+        return not self.slices and not self.open_runs
+
+
+@dataclasses.dataclass(eq=False)
+class _AutoRun:
+    """An unseeded "auto" slice whose sequential procedure is under way."""
+
+    work: Work
+    piece: Slice
+    run: SequentialRun
+
+    @property
+    def open_x(self) -> np.ndarray:
+        """The instances still open ``[open, *input_shape]``."""
+        return self.work.x[self.piece.start:self.piece.stop][self.run.active]
+
+
+class _Drawn(NamedTuple):
+    """What one round drew: the works it finished, the engine rows, the works it drew for."""
+
+    finished: list[Work]
+    rows: float
+    works: list[Work]
 
 
 class CostModel:
@@ -225,6 +256,7 @@ class Scheduler:
         self.costs = CostModel()
         self._works: dict[Work, None] = {}  # admitted and unfinished, in arrival order
         self._round: _Round | None = None
+        self._runs: list[_AutoRun] = []  # the engine thread's; read between rounds
         self._long_last = False  # whether the last round held slices of long works
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="uq-engine")
         self.lag = LoopLag()
@@ -406,7 +438,7 @@ class Scheduler:
             # requests the loop has read and not yet handed over join this round
             await asyncio.sleep(0)
             pieces = self._next_round()
-            if not pieces:
+            if not pieces and not self._runs:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -416,18 +448,20 @@ class Scheduler:
             metrics.BATCH_SIZE.observe(instances)
             metrics.QUEUED_ROWS.set(self.queued_rows)
             try:
-                finished = await loop.run_in_executor(self._executor, self._draw, pieces)
+                drawn = await loop.run_in_executor(self._executor, self._draw, pieces)
             except Exception as error:  # a server fault: fail this round's works, go on
                 logger.exception("an engine round failed")
-                self._fail({work for work, _ in pieces}, error)
+                self._fail({work for work, _ in pieces} | {run.work for run in self._runs},
+                           error)
+                self._runs = []
                 continue
             finally:
                 elapsed = time.perf_counter() - self._round.started
                 self._round = None
-            self.costs.observe(rows, elapsed)
-            for work in {work for work, _ in pieces}:
+            self.costs.observe(drawn.rows, elapsed)
+            for work in drawn.works:
                 work.engine_seconds += elapsed
-            for work in finished:
+            for work in drawn.finished:
                 self._works.pop(work, None)
                 if not work.future.done():
                     work.future.set_result(work.predictions)
@@ -438,10 +472,12 @@ class Scheduler:
         while short works (one slice) wait, every other round leaves the long ones out."""
         for work in [work for work in self._works if work.cancelled]:
             self._works.pop(work)
-        with_long = not (self._long_last and any(work.short for work in self._works))
+        self._runs = [run for run in self._runs if not run.work.cancelled]
+        with_long = not (self._long_last and any(work.short and work.slices
+                                                 for work in self._works))
         pieces, rows, instances = [], 0.0, 0
         for work in self._works:
-            if not (work.short or with_long):
+            if not work.slices or not (work.short or with_long):
                 continue
             piece = work.slices[0]
             if pieces and (rows + piece.rows > self.max_rows
@@ -463,24 +499,25 @@ class Scheduler:
 
     # in the engine thread
 
-    def _draw(self, pieces: list[tuple[Work, Slice]]) -> list[Work]:
-        """Draw one round; return the works it finished, their predictions set."""
+    def _draw(self, pieces: list[tuple[Work, Slice]]) -> _Drawn:
+        """Draw one round: the new slices, and the next round of every "auto" run."""
         fixed = [(work, piece) for work, piece in pieces if work.unseeded_fixed]
         if fixed:
             self._draw_fixed(fixed)
-        autos: dict[tuple, list[tuple[Work, Slice]]] = {}
+        rows = sum(piece.rows for _, piece in fixed)
         for work, piece in pieces:
             if work.n_samples == AUTO and work.seed is None:
-                autos.setdefault((work.risk_threshold, work.return_samples), []).append(
-                    (work, piece))
+                self._start_run(work, piece)
             elif not work.unseeded_fixed:
                 self._draw_seeded(work, piece)
-        for (risk_threshold, return_samples), group in autos.items():
-            self._draw_auto(group, risk_threshold, return_samples)
-        finished = [work for work in dict.fromkeys(work for work, _ in pieces)
-                    if work.done and not work.cancelled]
+                rows += piece.rows
+        works = list(dict.fromkeys([*(work for work, _ in pieces),
+                                    *(run.work for run in self._runs)]))
+        if self._runs:
+            rows += self._draw_auto_round()
+        finished = [work for work in works if work.done and not work.cancelled]
         self._finish([work for work in finished if work.n_samples != AUTO])
-        return finished
+        return _Drawn(finished, rows, works)
 
     def _draw_fixed(self, pieces: list[tuple[Work, Slice]]) -> None:
         """One engine call for the unseeded fixed-N slices of every work."""
@@ -492,16 +529,45 @@ class Scheduler:
             _keep(work, piece, arrays[offset:offset + piece.instances])
             offset += piece.instances
 
-    def _draw_auto(self, pieces: list[tuple[Work, Slice]], risk_threshold: float | None,
-                   return_samples: bool) -> None:
-        """One sequential draw ("auto") for the unseeded "auto" slices with these options."""
-        x = np.concatenate([work.x[piece.start:piece.stop] for work, piece in pieces])
-        predictions = self.predictor.predict(x, n_samples=AUTO, risk_threshold=risk_threshold,
-                                             return_samples=return_samples)
+    def _start_run(self, work: Work, piece: Slice) -> None:
+        if not work.predictions:  # filled by instance as its runs finish, in any order
+            work.predictions = [None] * work.batch
+        work.open_runs += 1
+        self._runs.append(
+            _AutoRun(work, piece, self.predictor.auto_run(piece.instances, work.risk_threshold)))
+
+    def _draw_auto_round(self) -> int:
+        """One engine call for the next round of every "auto" run, each open instance
+        drawing its run's next count; then the predictions of the runs that end, those
+        with the same options together. Returns the engine rows drawn."""
+        runs = self._runs
+        x = np.concatenate([run.open_x for run in runs])
+        counts = np.concatenate([np.full(len(run.run.active), run.run.next_count)
+                                 for run in runs])
+        arrays = self.predictor.engine.sample_ragged(  # one [count, classes] per open row
+            x, counts, stratified=self.predictor.auto.stratified)
         offset = 0
-        for work, piece in pieces:
-            work.predictions += predictions[offset:offset + piece.instances]
-            offset += piece.instances
+        for run in runs:
+            opened = len(run.run.active)
+            run.run.advance(np.stack(arrays[offset:offset + opened], axis=1))
+            offset += opened
+        self._runs = [run for run in runs if not run.run.done]
+        ended: dict[tuple, list[_AutoRun]] = {}
+        for run in runs:
+            if run.run.done:
+                ended.setdefault((run.work.risk_threshold, run.work.return_samples),
+                                 []).append(run)
+        for (risk_threshold, return_samples), group in ended.items():
+            predictions = self.predictor.auto_predictions(
+                SequentialDraw.joined([run.run.result() for run in group]), risk_threshold,
+                return_samples)
+            offset = 0
+            for run in group:
+                start, stop = run.piece.start, run.piece.stop
+                run.work.predictions[start:stop] = predictions[offset:offset + stop - start]
+                run.work.open_runs -= 1
+                offset += stop - start
+        return int(counts.sum())
 
     def _draw_seeded(self, work: Work, piece: Slice) -> None:
         """A seeded slice, alone: its samples depend on its work and index only."""

@@ -707,9 +707,11 @@ class MCEngine:
         )
 
     def sample_ragged(
-        self, x: np.ndarray, n_samples_per_row: Sequence[int], seed: int | None = None
+        self, x: np.ndarray, n_samples_per_row: Sequence[int], seed: int | None = None,
+        stratified: bool = False,
     ) -> list[np.ndarray]:
-        """One ``[n_samples_per_row[i], classes]`` array per row of ``x``, drawn together."""
+        """One ``[n_samples_per_row[i], classes]`` array per row of ``x``, drawn together;
+        ``stratified`` as in ``sample``."""
         x = self._check_input(x)
         counts = np.asarray(n_samples_per_row)
         if counts.shape != (len(x),):
@@ -719,7 +721,7 @@ class MCEngine:
             )
         for count in counts.tolist():
             _check_count(count, "n_samples_per_row")
-        rows = self._run(x, counts.astype(np.int64), seed)
+        rows = self._run(x, counts.astype(np.int64), seed, stratified)
         return np.split(rows, np.cumsum(counts)[:-1])
 
     def sample_keyed(

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -273,41 +274,85 @@ class SequentialDraw:
         """Rows x samples drawn in all."""
         return int(self.n_samples.sum())
 
+    @classmethod
+    def joined(cls, draws: Sequence[SequentialDraw]) -> SequentialDraw:
+        """The draws of several batches as one draw of all their rows, in order (rows
+        drawn per round: summed)."""
+        if len(draws) == 1:
+            return draws[0]
+        summary = UncertaintySummary(**{
+            field.name: np.concatenate([getattr(draw.summary, field.name) for draw in draws])
+            for field in dataclasses.fields(UncertaintySummary)})
+        return cls(summary=summary, n_samples=np.concatenate([d.n_samples for d in draws]),
+                   samples=[row for draw in draws for row in draw.samples],
+                   active_rows=[sum(counts) for counts in itertools.zip_longest(
+                       *(draw.active_rows for draw in draws), fillvalue=0)])
+
+
+class SequentialRun:
+    """The procedure on ``rows`` rows, one round at a time, for callers that draw the
+    rounds themselves (the service's scheduler shares each round's engine call among
+    several runs): ``active`` rows draw ``next_count`` samples each, which ``advance``
+    takes; once ``done``, ``result()``."""
+
+    def __init__(self, rows: int, rule: StoppingRule, schedule: Sequence[int]) -> None:
+        if rows < 1:
+            raise ValueError(f"rows must be at least 1, got {rows}")
+        self.rule = rule
+        self.schedule = tuple(schedule)
+        self.rows = rows
+        self.round_index = 0
+        self.active = np.arange(rows)  # [open rows] indices into the batch
+        self._drawn: np.ndarray | None = None  # [n so far, open rows, classes]
+        self._parts: list[tuple[np.ndarray, UncertaintySummary]] = []
+        self._n_used = np.zeros(rows, dtype=np.int64)
+        self._samples: list[np.ndarray | None] = [None] * rows
+        self._active_rows: list[int] = []
+
+    @property
+    def done(self) -> bool:
+        return not len(self.active)
+
+    @property
+    def next_count(self) -> int:
+        """Samples each open row draws in the next round."""
+        previous = self.schedule[self.round_index - 1] if self.round_index else 0
+        return self.schedule[self.round_index] - previous
+
+    def advance(self, fresh: np.ndarray) -> None:
+        """Take the round's samples ``[next_count, open rows, classes]`` and stop the rows
+        the rule settles (all of them after the last round)."""
+        fresh = np.asarray(fresh)
+        self._active_rows.append(len(self.active))
+        drawn = fresh if self._drawn is None else np.concatenate([self._drawn, fresh])
+        total = self.schedule[self.round_index]
+        last = self.round_index == len(self.schedule) - 1
+        stop = np.ones(len(self.active), dtype=bool) if last else self.rule.settled(drawn)
+        if stop.any():
+            stopped = drawn[:, stop]
+            self._parts.append((self.active[stop], summarize(stopped)))
+            self._n_used[self.active[stop]] = total
+            for column, row in enumerate(self.active[stop].tolist()):
+                self._samples[row] = stopped[:, column]
+            self.active, drawn = self.active[~stop], drawn[:, ~stop]
+        self._drawn = drawn
+        self.round_index += 1
+
+    def result(self) -> SequentialDraw:
+        if not self.done:
+            raise ValueError(f"{len(self.active)} rows are still open")
+        return SequentialDraw(summary=_scatter(self._parts, self.rows), n_samples=self._n_used,
+                              samples=self._samples, active_rows=self._active_rows)
+
 
 def run_sequential(
     draw: Draw, rows: int, rule: StoppingRule, schedule: Sequence[int]
 ) -> SequentialDraw:
     """The procedure on ``rows`` rows, drawing through ``draw`` (see :data:`Draw`)."""
-    if rows < 1:
-        raise ValueError(f"rows must be at least 1, got {rows}")
-    summary_parts: list[tuple[np.ndarray, UncertaintySummary]] = []
-    n_used = np.zeros(rows, dtype=np.int64)
-    samples: list[np.ndarray | None] = [None] * rows
-    active = np.arange(rows)
-    drawn: np.ndarray | None = None  # [n so far, active, classes]
-    active_rows, previous = [], 0
-    for round_index, total in enumerate(schedule):
-        fresh = np.asarray(draw(active, round_index, total - previous))
-        active_rows.append(len(active))
-        drawn = fresh if drawn is None else np.concatenate([drawn, fresh])
-        previous = total
-        if round_index == len(schedule) - 1:
-            stop = np.ones(len(active), dtype=bool)
-        else:
-            stop = rule.settled(drawn)
-        if stop.any():
-            stopped = drawn[:, stop]
-            summary_parts.append((active[stop], summarize(stopped)))
-            n_used[active[stop]] = total
-            for column, row in enumerate(active[stop].tolist()):
-                samples[row] = stopped[:, column]
-            active, drawn = active[~stop], drawn[:, ~stop]
-        if not len(active):
-            break
-    return SequentialDraw(
-        summary=_scatter(summary_parts, rows), n_samples=n_used, samples=samples,
-        active_rows=active_rows,
-    )
+    run = SequentialRun(rows, rule, schedule)
+    while not run.done:
+        run.advance(draw(run.active, run.round_index, run.next_count))
+    return run.result()
 
 
 def _scatter(parts: list[tuple[np.ndarray, UncertaintySummary]], rows: int) -> UncertaintySummary:
