@@ -93,6 +93,37 @@ def test_auto_is_sliced_by_its_first_round_and_priced_at_its_mean_n(predictor, x
     assert work.slices[0].rows == pytest.approx(per_slice * auto.mean_n_samples)
 
 
+def test_auto_rounds_of_different_works_share_engine_calls(predictor, x, monkeypatch):
+    """A work that arrives while another's procedure is under way draws its first round
+    in the call that draws the other's next round; each finishes with its own rows."""
+    calls = []
+    sample_ragged = predictor.engine.sample_ragged
+
+    def counted(rows, counts, *args, **kwargs):
+        calls.append(list(counts))
+        return sample_ragged(rows, counts, *args, **kwargs)
+
+    monkeypatch.setattr(predictor.engine, "sample_ragged", counted)
+    lane = scheduler(predictor)
+    blurred = np.clip((x[:8] + x[8:]) / 2 + 2, 0, 16)  # ambiguous: rows go past round one
+    first, second = Work(blurred, "auto"), Work(x[:4], "auto")
+    for work in (first, second):
+        lane._plan(work, "auto")
+    lane._draw([(first, first.slices.pop(0))])
+    assert first.open_runs == 1, "the blurred digits should need a second round"
+    still_open = len(lane._runs[0].run.active)
+    lane._draw([(second, second.slices.pop(0))])
+    first_round = predictor.auto.schedule[0]
+    second_round = predictor.auto.schedule[1] - first_round
+    assert calls[1] == [second_round] * still_open + [first_round] * 4  # one shared call
+    while lane._runs:
+        lane._draw([])
+    for work in (first, second):
+        assert work.done and len(work.predictions) == work.batch
+        assert all(p.n_samples in predictor.auto.schedule for p in work.predictions)
+    assert max(p.n_samples for p in first.predictions) > first_round
+
+
 def test_queued_rows_past_the_bound_are_refused_but_an_empty_queue_admits_anything(
         predictor, x):
     lane = scheduler(predictor, max_queued_rows=100)
