@@ -132,16 +132,17 @@ class Work:
 
 @dataclasses.dataclass(eq=False)
 class _AutoRun:
-    """An unseeded "auto" slice whose sequential procedure is under way."""
+    """The unseeded "auto" slices that one round took with the same options, their
+    sequential procedure under way as one batch (one evaluation of the stopping rule per
+    round for all of them)."""
 
-    work: Work
-    piece: Slice
+    pieces: list[tuple[Work, Slice]]
+    x: np.ndarray  # [the slices' instances, *input_shape]
     run: SequentialRun
 
     @property
-    def open_x(self) -> np.ndarray:
-        """The instances still open ``[open, *input_shape]``."""
-        return self.work.x[self.piece.start:self.piece.stop][self.run.active]
+    def works(self) -> list[Work]:
+        return [work for work, _ in self.pieces]
 
 
 class _Drawn(NamedTuple):
@@ -451,8 +452,8 @@ class Scheduler:
                 drawn = await loop.run_in_executor(self._executor, self._draw, pieces)
             except Exception as error:  # a server fault: fail this round's works, go on
                 logger.exception("an engine round failed")
-                self._fail({work for work, _ in pieces} | {run.work for run in self._runs},
-                           error)
+                self._fail({work for work, _ in pieces}
+                           | {work for run in self._runs for work in run.works}, error)
                 self._runs = []
                 continue
             finally:
@@ -472,7 +473,8 @@ class Scheduler:
         while short works (one slice) wait, every other round leaves the long ones out."""
         for work in [work for work in self._works if work.cancelled]:
             self._works.pop(work)
-        self._runs = [run for run in self._runs if not run.work.cancelled]
+        self._runs = [run for run in self._runs
+                      if not all(work.cancelled for work in run.works)]
         with_long = not (self._long_last and any(work.short and work.slices
                                                  for work in self._works))
         pieces, rows, instances = [], 0.0, 0
@@ -505,14 +507,18 @@ class Scheduler:
         if fixed:
             self._draw_fixed(fixed)
         rows = sum(piece.rows for _, piece in fixed)
+        autos: dict[tuple, list[tuple[Work, Slice]]] = {}
         for work, piece in pieces:
             if work.n_samples == AUTO and work.seed is None:
-                self._start_run(work, piece)
+                autos.setdefault((work.risk_threshold, work.return_samples), []).append(
+                    (work, piece))
             elif not work.unseeded_fixed:
                 self._draw_seeded(work, piece)
                 rows += piece.rows
+        for group in autos.values():
+            self._start_run(group)
         works = list(dict.fromkeys([*(work for work, _ in pieces),
-                                    *(run.work for run in self._runs)]))
+                                    *(work for run in self._runs for work in run.works)]))
         if self._runs:
             rows += self._draw_auto_round()
         finished = [work for work in works if work.done and not work.cancelled]
@@ -529,19 +535,22 @@ class Scheduler:
             _keep(work, piece, arrays[offset:offset + piece.instances])
             offset += piece.instances
 
-    def _start_run(self, work: Work, piece: Slice) -> None:
-        if not work.predictions:  # filled by instance as its runs finish, in any order
-            work.predictions = [None] * work.batch
-        work.open_runs += 1
-        self._runs.append(
-            _AutoRun(work, piece, self.predictor.auto_run(piece.instances, work.risk_threshold)))
+    def _start_run(self, pieces: list[tuple[Work, Slice]]) -> None:
+        """One sequential procedure for new "auto" slices with the same options."""
+        for work, _ in pieces:
+            if not work.predictions:  # filled by instance as its runs end, in any order
+                work.predictions = [None] * work.batch
+            work.open_runs += 1
+        x = np.concatenate([work.x[piece.start:piece.stop] for work, piece in pieces])
+        run = self.predictor.auto_run(len(x), pieces[0][0].risk_threshold)
+        self._runs.append(_AutoRun(pieces, x, run))
 
     def _draw_auto_round(self) -> int:
         """One engine call for the next round of every "auto" run, each open instance
         drawing its run's next count; then the predictions of the runs that end, those
         with the same options together. Returns the engine rows drawn."""
         runs = self._runs
-        x = np.concatenate([run.open_x for run in runs])
+        x = np.concatenate([run.x[run.run.active] for run in runs])
         counts = np.concatenate([np.full(len(run.run.active), run.run.next_count)
                                  for run in runs])
         arrays = self.predictor.engine.sample_ragged(  # one [count, classes] per open row
@@ -555,18 +564,18 @@ class Scheduler:
         ended: dict[tuple, list[_AutoRun]] = {}
         for run in runs:
             if run.run.done:
-                ended.setdefault((run.work.risk_threshold, run.work.return_samples),
-                                 []).append(run)
+                work = run.works[0]
+                ended.setdefault((work.risk_threshold, work.return_samples), []).append(run)
         for (risk_threshold, return_samples), group in ended.items():
             predictions = self.predictor.auto_predictions(
                 SequentialDraw.joined([run.run.result() for run in group]), risk_threshold,
                 return_samples)
             offset = 0
-            for run in group:
-                start, stop = run.piece.start, run.piece.stop
-                run.work.predictions[start:stop] = predictions[offset:offset + stop - start]
-                run.work.open_runs -= 1
-                offset += stop - start
+            for work, piece in (pair for run in group for pair in run.pieces):
+                work.predictions[piece.start:piece.stop] = predictions[
+                    offset:offset + piece.instances]
+                work.open_runs -= 1
+                offset += piece.instances
         return int(counts.sum())
 
     def _draw_seeded(self, work: Work, piece: Slice) -> None:
