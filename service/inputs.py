@@ -36,15 +36,37 @@ class InputSpec:
         """One instance, flat or shaped, as float32 ``input_shape``; raises ValueError."""
         return parse_instance(raw, self)
 
-    def parse_all(self, raw: list[Any]) -> list[np.ndarray]:
-        """Every instance of a list, each ``input_shape``; the error names the index."""
+    def parse_all(self, raw: list[Any]) -> np.ndarray:
+        """Every instance of a list, as float32 ``[len(raw), *input_shape]``; the error
+        names the index."""
         checked = []
         for index, instance in enumerate(raw):
             try:
                 checked.append(parse_instance(instance, self))
             except ValueError as error:
                 raise ValueError(f"instance {index}: {error}") from None
-        return checked
+        return np.stack(checked)
+
+    def parse_batch(self, numbers: np.ndarray) -> np.ndarray:
+        """Instances already read as one array of numbers (finite, regular nesting), flat
+        ``[batch, size]`` or shaped ``[batch, *input_shape]``, as float32 ``[batch,
+        *input_shape]``; any other shape, or a value out of range, goes through
+        :meth:`parse_all`, whose error names the instance."""
+        if self._fits(numbers.shape[1:], numbers):
+            return numbers.reshape(len(numbers), *self.input_shape).astype(np.float32)
+        return self.parse_all(numbers.tolist())
+
+    def parse_numbers(self, numbers: np.ndarray) -> np.ndarray:
+        """One instance already read as an array of numbers, as :meth:`parse_batch`
+        takes a batch."""
+        if self._fits(numbers.shape, numbers):
+            return numbers.reshape(self.input_shape).astype(np.float32)
+        return self.parse(numbers.tolist())
+
+    def _fits(self, shape: tuple[int, ...], numbers: np.ndarray) -> bool:
+        low, high = self.value_range
+        return (shape in (self.input_shape, (self.size,)) and numbers.size > 0
+                and low <= numbers.min() and numbers.max() <= high)
 
 
 def _json_type(value: Any) -> str:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import (
     AfterValidator,
+    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
     RootModel,
+    Strict,
     StrictBool,
     StrictInt,
     TypeAdapter,
@@ -175,23 +178,53 @@ def _fixed_length_array(items: dict[str, Any], length: int) -> dict[str, Any]:
 
 
 def _state_instance(schema: dict[str, Any]) -> None:
-    if _INSTANCE_SCHEMA:
-        schema.pop("type", None)
-        schema.pop("items", None)
-        schema.update(_INSTANCE_SCHEMA)
+    """One instance's schema in place of the two ways it is read (``_read_as_numbers``)."""
+    schema.pop("anyOf", None)
+    schema.update(_INSTANCE_SCHEMA or {"type": "array"})
 
 
-def _state_instance_items(schema: dict[str, Any]) -> None:
-    if _INSTANCE_SCHEMA:
-        schema["items"] = dict(_INSTANCE_SCHEMA)
+def _state_instances(schema: dict[str, Any]) -> None:
+    schema.pop("anyOf", None)
+    schema.update({"type": "array", "items": dict(_INSTANCE_SCHEMA), "minItems": 1,
+                   "maxItems": settings.max_instances})
 
 
-def _checked_instance(raw: Any) -> Any:
-    return served_input().parse(raw)
+#: A JSON number (not a boolean, string or null), finite: checked in pydantic's Rust core
+#: as it reads the body.
+_Number = Annotated[float, Strict(), AllowInfNan(False)]
+#: One instance's numbers, flat or nested up to three levels (an image with channels).
+_Numbers = list[_Number | list[_Number] | list[list[_Number]]]
 
 
-def _checked_instances(raw: list[Any]) -> list[Any]:
-    return served_input().parse_all(raw)
+def _as_array(numbers: list[Any]) -> np.ndarray | list[Any]:
+    """Numbers of a regular nesting as one float64 array; a ragged nesting as it is."""
+    try:
+        return np.asarray(numbers, dtype=np.float64)
+    except ValueError:
+        return numbers
+
+
+def _read_as_numbers(numbers: Any) -> Any:
+    """A list type read in one of two ways, the first that fits: as ``numbers`` (nested
+    lists of JSON numbers) straight into an array, which is 2x to 3x faster for a
+    64-image /predict body than reading every value as a Python object and checking it
+    after; else as a list of anything, for the instance checks to explain. Both ways
+    succeed for any list, so that an error has one location."""
+    return Annotated[Annotated[numbers, AfterValidator(_as_array)] | list[Any],
+                     Field(union_mode="left_to_right")]
+
+
+def _checked_instance(raw: np.ndarray | list[Any]) -> np.ndarray:
+    spec = served_input()
+    return spec.parse_numbers(raw) if isinstance(raw, np.ndarray) else spec.parse(raw)
+
+
+def _checked_instances(raw: np.ndarray | list[Any]) -> np.ndarray:
+    if not 1 <= len(raw) <= settings.max_instances:
+        raise ValueError(f"expected at least 1 item and at most {settings.max_instances} "
+                         f"items (instances), got {len(raw)}")
+    spec = served_input()
+    return spec.parse_batch(raw) if isinstance(raw, np.ndarray) else spec.parse_all(raw)
 
 
 class PredictRequest(SampleChoice):
@@ -200,10 +233,9 @@ class PredictRequest(SampleChoice):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     instances: Annotated[
-        list[Any],
-        Field(min_length=1, max_length=settings.max_instances,
-              description="raw pixel values, each instance flat or shaped",
-              json_schema_extra=_state_instance_items),
+        _read_as_numbers(list[_Numbers]),
+        Field(description="raw pixel values, each instance flat or shaped",
+              json_schema_extra=_state_instances),
         AfterValidator(_checked_instances),
     ]
     seed: Seed | None = Field(None, description="the same seed gives the same answer")
@@ -221,7 +253,7 @@ class BatchItem(SampleChoice):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    instance: Annotated[list[Any], Field(json_schema_extra=_state_instance),
+    instance: Annotated[_read_as_numbers(_Numbers), Field(json_schema_extra=_state_instance),
                         AfterValidator(_checked_instance)]
 
 

@@ -201,7 +201,7 @@ class UQService:
     @adapter.answers_service_errors
     async def predict(self, request: PredictRequest, /) -> PredictResponse:
         """MC dropout predictions for a list of instances (raw pixels, flat or shaped)."""
-        work = self.work(np.stack(request.instances), request, seed=request.seed,
+        work = self.work(request.instances, request, seed=request.seed,
                          risk_threshold=request.risk_threshold,
                          return_samples=request.return_samples)
         [predictions] = await self.scheduled("predict", [work])

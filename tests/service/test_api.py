@@ -37,6 +37,26 @@ def test_a_valid_request_answers_the_contract(client):
     assert risk["flagged"] == bool(risk["reasons"])
 
 
+def test_flat_shaped_and_integer_instances_read_alike(client):
+    """Instances of numbers are read straight into an array; a request that mixes flat
+    and shaped instances, or integers and floats, is read the slow way: same answer."""
+    shaped = np.reshape(DIGIT, (8, 8)).tolist()
+    integers = [int(v) for v in DIGIT]
+
+    def probabilities(instances):
+        response = post(client, "/predict", {"instances": instances, "n_samples": 5, "seed": 4})
+        assert response.status_code == 200, response.text
+        return [p["probabilities"] for p in response.json()["predictions"]]
+
+    fast = probabilities([DIGIT, DIGIT])
+    assert probabilities([shaped, shaped]) == fast
+    assert probabilities([DIGIT, shaped]) == fast
+    assert probabilities([integers, DIGIT]) == fast
+    [item] = post(client, "/predict_batched",
+                  {"items": [{"instance": shaped, "n_samples": 5}]}).json()
+    assert item["n_samples"] == 5
+
+
 @pytest.mark.parametrize(
     ("body", "fragments"),
     [

@@ -38,6 +38,20 @@ def test_bad_instances_say_what_was_expected(raw, message):
         parse_instance(raw, SPEC)
 
 
+def test_a_batch_read_as_numbers_gives_the_input_shape_or_names_the_instance():
+    flat = np.arange(12, dtype=np.float64).reshape(2, 6)
+    batch = SPEC.parse_batch(flat)
+    assert batch.shape == (2, 2, 3) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch, SPEC.parse_batch(flat.reshape(2, 2, 3)))
+    np.testing.assert_array_equal(SPEC.parse_numbers(flat[1]), batch[1])
+    with pytest.raises(ValueError, match=r"instance 1: values must lie in .*\[0, 256\]"):
+        SPEC.parse_batch(np.array([[0.0] * 6, [0.0] * 5 + [256.0]]))
+    with pytest.raises(ValueError, match="instance 0: expected 6 numbers .* got shape 5"):
+        SPEC.parse_batch(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="^expected 6 numbers .* got shape 2 x 2"):
+        SPEC.parse_numbers(np.zeros((2, 2)))
+
+
 def image_bytes(array: np.ndarray, image_format: str) -> io.BytesIO:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=image_format)
