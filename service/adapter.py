@@ -10,7 +10,11 @@ A BentoML upgrade that changes one of these breaks this module alone, and
   derives it per response from the output schema unless it is set
   (:func:`declare_json_outputs`);
 - an API method that returns a starlette ``Response`` has it sent as it is
-  (:func:`answers_service_errors`);
+  (:func:`answers_service_errors`, :func:`json_list_response`), while its annotation
+  still states the output schema;
+- a list output is serialized by dumping it to Python objects twice and encoding them
+  with the standard library's ``json`` (:func:`json_list_response` is pydantic's Rust
+  serializer instead);
 - error bodies: a pydantic ``ValidationError`` becomes ``{"error", "detail":
   [pydantic errors]}``, a 4xx ``BentoMLException`` a one-element list
   ``[{"error": message}]``, a 5xx a generic message (:func:`error_message`);
@@ -51,10 +55,11 @@ from typing import Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException
+from pydantic import TypeAdapter
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 HTTP_APP_LOGGER = "bentoml._internal.server.http_app"
 
@@ -121,6 +126,13 @@ def answers_service_errors(method: Callable) -> Callable:
             except BentoMLException as error:
                 return response(error)
     return wrapper
+
+
+def json_list_response(items: TypeAdapter, values: list[Any]) -> Response:
+    """A list output (``items`` its TypeAdapter) serialized in one pass by pydantic, for an
+    API method to return as it is: BentoML's own path for a list output cost 10% of the
+    batched route's CPU."""
+    return Response(items.dump_json(values), media_type="application/json")
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None

@@ -258,6 +258,8 @@ class Scheduler:
         self._works: dict[Work, None] = {}  # admitted and unfinished, in arrival order
         self._round: _Round | None = None
         self._runs: list[_AutoRun] = []  # the engine thread's; read between rounds
+        #: works arrived since the loop last took a round (the engine thread reads it)
+        self._arrived = False
         self._long_last = False  # whether the last round held slices of long works
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="uq-engine")
         self.lag = LoopLag()
@@ -279,6 +281,7 @@ class Scheduler:
         for work in works:
             work.future = loop.create_future()
             self._works[work] = None
+        self._arrived = True
         self._wake.set()
         try:
             results = [await work.future for work in works]
@@ -471,6 +474,7 @@ class Scheduler:
     def _next_round(self) -> list[tuple[Work, Slice]]:
         """The next slice of each queued work, in arrival order, within the round's caps;
         while short works (one slice) wait, every other round leaves the long ones out."""
+        self._arrived = False
         for work in [work for work in self._works if work.cancelled]:
             self._works.pop(work)
         self._runs = [run for run in self._runs
@@ -520,6 +524,8 @@ class Scheduler:
         works = list(dict.fromkeys([*(work for work, _ in pieces),
                                     *(work for run in self._runs for work in run.works)]))
         if self._runs:
+            rows += self._draw_auto_round()
+        while self._runs and not self._arrived:  # nothing new to share the call with
             rows += self._draw_auto_round()
         finished = [work for work in works if work.done and not work.cancelled]
         self._finish([work for work in finished if work.n_samples != AUTO])

@@ -20,12 +20,10 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import (
     AfterValidator,
-    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
     RootModel,
-    Strict,
     StrictBool,
     StrictInt,
     TypeAdapter,
@@ -35,6 +33,7 @@ from pydantic import (
     WrapValidator,
     model_validator,
 )
+from pydantic_core import core_schema
 
 from service.inputs import InputSpec
 from service.settings import settings
@@ -189,11 +188,13 @@ def _state_instances(schema: dict[str, Any]) -> None:
                    "maxItems": settings.max_instances})
 
 
-#: A JSON number (not a boolean, string or null), finite: checked in pydantic's Rust core
-#: as it reads the body.
-_Number = Annotated[float, Strict(), AllowInfNan(False)]
-#: One instance's numbers, flat or nested up to three levels (an image with channels).
-_Numbers = list[_Number | list[_Number] | list[list[_Number]]]
+def _nested_numbers(depth: int) -> core_schema.CoreSchema:
+    """JSON numbers (not booleans, strings or null), finite, in lists nested ``depth``
+    deep, read fail-fast: a body nested otherwise is given up at its first value."""
+    schema = core_schema.float_schema(strict=True, allow_inf_nan=False)
+    for _ in range(depth):
+        schema = core_schema.list_schema(schema, fail_fast=True)
+    return schema
 
 
 def _as_array(numbers: list[Any]) -> np.ndarray | list[Any]:
@@ -204,14 +205,24 @@ def _as_array(numbers: list[Any]) -> np.ndarray | list[Any]:
         return numbers
 
 
-def _read_as_numbers(numbers: Any) -> Any:
-    """A list type read in one of two ways, the first that fits: as ``numbers`` (nested
-    lists of JSON numbers) straight into an array, which is 2x to 3x faster for a
-    64-image /predict body than reading every value as a Python object and checking it
-    after; else as a list of anything, for the instance checks to explain. Both ways
-    succeed for any list, so that an error has one location."""
-    return Annotated[Annotated[numbers, AfterValidator(_as_array)] | list[Any],
-                     Field(union_mode="left_to_right")]
+class _ReadAsNumbers:
+    """Read a list in the first of these ways that fits: as numbers nested as deep as one
+    of ``depths`` (in order), checked in pydantic's Rust core as it reads the JSON and
+    made one array, which is faster than reading every value as a Python object and
+    checking them one instance at a time (2.6 ms against 3.6 ms for a body of 64
+    Fashion-MNIST images); else as a list of anything, for the instance checks to
+    explain. The last way succeeds for any list, so that an error has one location. A
+    core schema of its own: BentoML rewrites the annotations of its inputs, and would
+    disorder the metadata of nested ones."""
+
+    def __init__(self, *depths: int) -> None:
+        self.depths = depths
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        ways = [core_schema.no_info_after_validator_function(_as_array, _nested_numbers(depth))
+                for depth in self.depths]
+        anything = core_schema.list_schema(core_schema.any_schema())
+        return core_schema.union_schema([*ways, anything], mode="left_to_right")
 
 
 def _checked_instance(raw: np.ndarray | list[Any]) -> np.ndarray:
@@ -233,7 +244,8 @@ class PredictRequest(SampleChoice):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     instances: Annotated[
-        _read_as_numbers(list[_Numbers]),
+        list[Any],
+        _ReadAsNumbers(3, 2, 4),  # instances shaped in 2-D, flat, shaped in 3-D
         Field(description="raw pixel values, each instance flat or shaped",
               json_schema_extra=_state_instances),
         AfterValidator(_checked_instances),
@@ -253,7 +265,8 @@ class BatchItem(SampleChoice):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    instance: Annotated[_read_as_numbers(_Numbers), Field(json_schema_extra=_state_instance),
+    instance: Annotated[list[Any], _ReadAsNumbers(2, 1, 3),
+                        Field(json_schema_extra=_state_instance),
                         AfterValidator(_checked_instance)]
 
 

@@ -25,7 +25,7 @@ import anyio
 import bentoml
 import numpy as np
 from bentoml.validators import ContentType
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 
 from service import adapter, metrics, request_ids
 from service.door import Door
@@ -62,6 +62,9 @@ REQUEST_TIMEOUT_SECONDS = 20
 
 #: Middle-generation collections between full ones (CPython's default is 10).
 FULL_COLLECTION_EVERY = 1000
+
+#: The output of /predict_batched, serialized by pydantic (adapter.json_list_response).
+PREDICTIONS = TypeAdapter(list[Prediction])
 
 API_ROUTES = ("predict", "predict_batched", "predict_image", "metadata", "generate",
               "feedback", "drift")
@@ -217,7 +220,8 @@ class UQService:
         """One prediction per item, in order; each item chooses its own N. Items of every
         request share engine calls (service/scheduler.py), whatever their N."""
         works = [self.work(item.instance[None], item) for item in items]
-        return [predictions[0] for predictions in await self.scheduled("predict_batched", works)]
+        results = await self.scheduled("predict_batched", works)
+        return adapter.json_list_response(PREDICTIONS, [predictions[0] for predictions in results])
 
     @bentoml.api(route="/predict_image")
     @adapter.answers_service_errors
