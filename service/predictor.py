@@ -18,7 +18,7 @@ from artifacts.store import load_classifier
 from service.feedback import Signer, reason_bits
 from service.inputs import InputSpec
 from service.schemas import Prediction
-from uncertainty.calibration import decide
+from uncertainty.calibration import REASONS, decide
 from uncertainty.engine import MCEngine, configure_tensorflow_threads
 from uncertainty.sequential import (
     AUTO,
@@ -141,32 +141,35 @@ class Predictor:
                                     reason_bits(decision.error_risk, decision.novel),
                                     decision.prediction_sets)
                   if self.signer else [None] * len(summary.label))
+        novelty_calibrated = AUTO if auto else calibration.novelty_calibrated_n_samples
+        sets = [[names[c] for c in np.flatnonzero(members)] for members in
+                decision.prediction_sets]
+        # columns as Python values at once (indexing arrays per row costs more)
         return [
             Prediction.model_validate({
-                "n_samples": n_samples,
-                "label": int(label),
-                "class_name": names[label],
-                "confidence": float(summary.confidence[row]),
-                "probabilities": summary.mean[row].tolist(),
-                "std": summary.std[row].tolist(),
-                "predictive_entropy": float(summary.predictive_entropy[row]),
-                "expected_entropy": float(summary.expected_entropy[row]),
-                "mutual_information": float(summary.mutual_information[row]),
+                "n_samples": n_samples, "label": label, "class_name": names[label],
+                "confidence": confidence, "probabilities": mean, "std": std,
+                "predictive_entropy": predictive_entropy, "expected_entropy": expected_entropy,
+                "mutual_information": mutual_information,
                 "risk": {
-                    "flagged": bool(decision.flagged[row]),
-                    "reasons": decision.reasons(row),
-                    "metric": metric,
-                    "score": float(decision.risk_scores[row]),
-                    "threshold": decision.risk_threshold,
-                    "novelty": {"metric": novelty_metric,
-                                "score": float(decision.novelty_scores[row]),
+                    "flagged": error_risk or novel,
+                    "reasons": [reason for reason, holds in zip(
+                        REASONS, (error_risk, novel), strict=True) if holds],
+                    "metric": metric, "score": score, "threshold": decision.risk_threshold,
+                    "novelty": {"metric": novelty_metric, "score": novelty_score,
                                 "threshold": novelty_threshold,
-                                "calibrated_n_samples": AUTO if auto else
-                                calibration.novelty_calibrated_n_samples},
+                                "calibrated_n_samples": novelty_calibrated},
                     "calibrated_n_samples": calibrated,
                 },
-                "prediction_set": [names[c] for c in np.flatnonzero(decision.prediction_sets[row])],
-                "feedback_token": tokens[row],
+                "prediction_set": prediction_set, "feedback_token": token,
             })
-            for row, label in enumerate(summary.label)
+            for (label, confidence, mean, std, predictive_entropy, expected_entropy,
+                 mutual_information, error_risk, novel, score, novelty_score, prediction_set,
+                 token) in zip(
+                summary.label.tolist(), summary.confidence.tolist(), summary.mean.tolist(),
+                summary.std.tolist(), summary.predictive_entropy.tolist(),
+                summary.expected_entropy.tolist(), summary.mutual_information.tolist(),
+                decision.error_risk.tolist(), decision.novel.tolist(),
+                decision.risk_scores.tolist(), decision.novelty_scores.tolist(), sets, tokens,
+                strict=True)
         ]
