@@ -10,6 +10,7 @@ import pytest
 
 from service.scheduler import SLICE_ROWS, CostModel, Lateness, LoopLag, Overloaded, Scheduler, Work
 from training.data import load_dataset
+from uncertainty.sequential import SequentialRun
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,13 @@ def test_auto_is_sliced_by_its_first_round_and_priced_at_its_mean_n(predictor, x
     assert work.slices[0].rows == pytest.approx(per_slice * auto.mean_n_samples)
 
 
+class SettlesNothing:
+    """A stopping rule under which every row runs to the cap."""
+
+    def settled(self, samples: np.ndarray) -> np.ndarray:
+        return np.zeros(samples.shape[1], dtype=bool)
+
+
 def test_auto_rounds_of_different_works_share_engine_calls(predictor, x, monkeypatch):
     """A work that arrives while another's procedure is under way draws its first round
     in the call that draws the other's next round; each finishes with its own rows."""
@@ -103,25 +111,27 @@ def test_auto_rounds_of_different_works_share_engine_calls(predictor, x, monkeyp
         calls.append(list(counts))
         return sample_ragged(rows, counts, *args, **kwargs)
 
+    schedule = predictor.auto.schedule
     monkeypatch.setattr(predictor.engine, "sample_ragged", counted)
+    monkeypatch.setattr(predictor, "auto_run", lambda rows, risk_threshold=None: SequentialRun(
+        rows, SettlesNothing(), schedule))
     lane = scheduler(predictor)
-    blurred = np.clip((x[:8] + x[8:]) / 2 + 2, 0, 16)  # ambiguous: rows go past round one
-    first, second = Work(blurred, "auto"), Work(x[:4], "auto")
+    first, second = Work(x[:3], "auto"), Work(x[3:7], "auto")
     for work in (first, second):
         lane._plan(work, "auto")
+    lane._arrived = True  # the second work arrives while the first's round is drawn
     lane._draw([(first, first.slices.pop(0))])
-    assert first.open_runs == 1, "the blurred digits should need a second round"
-    still_open = len(lane._runs[0].run.active)
+    assert len(calls) == 1 and first.open_runs == 1
     lane._draw([(second, second.slices.pop(0))])
-    first_round = predictor.auto.schedule[0]
-    second_round = predictor.auto.schedule[1] - first_round
-    assert calls[1] == [second_round] * still_open + [first_round] * 4  # one shared call
-    while lane._runs:
-        lane._draw([])
+    assert calls[1] == [schedule[1] - schedule[0]] * 3 + [schedule[0]] * 4  # one shared call
+    assert not first.done and not second.done
+    lane._arrived = False  # nothing new arrives: the engine thread draws every round left
+    lane._draw([])
+    assert len(calls) == len(schedule) + 1
     for work in (first, second):
         assert work.done and len(work.predictions) == work.batch
-        assert all(p.n_samples in predictor.auto.schedule for p in work.predictions)
-    assert max(p.n_samples for p in first.predictions) > first_round
+        assert {p.n_samples for p in work.predictions} == {schedule[-1]}
+        assert {p.risk.calibrated_n_samples for p in work.predictions} == {"auto"}
 
 
 def test_queued_rows_past_the_bound_are_refused_but_an_empty_queue_admits_anything(
