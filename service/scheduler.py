@@ -27,7 +27,9 @@ call: the first rounds of new slices beside the later rounds of older ones, whos
 few open instances would otherwise pay an engine call each. A work finishes when
 its last procedure ends. Later rounds are not held to the round's caps: they are
 work already admitted, and small (the instances still open after the first round,
-about a sixth of them on the default model).
+about a sixth of them on the default model). While no request has arrived since the
+loop took the round, the engine thread draws the next one at once, without waiting for
+the event loop.
 
 Admission, when a request arrives: refused (:class:`Overloaded`, 429) when the rows
 admitted and not yet drawn would pass ``max_queued_rows`` (an empty queue admits
@@ -447,7 +449,8 @@ class Scheduler:
                 await self._wake.wait()
                 continue
             rows = sum(piece.rows for _, piece in pieces)
-            instances = sum(piece.instances for _, piece in pieces)
+            instances = (sum(piece.instances for _, piece in pieces)  # new, and still open
+                         + sum(len(run.run.active) for run in self._runs))
             self._round = _Round(time.perf_counter(), rows)
             metrics.BATCH_SIZE.observe(instances)
             metrics.QUEUED_ROWS.set(self.queued_rows)
