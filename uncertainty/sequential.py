@@ -323,6 +323,11 @@ class SequentialRun:
         """Take the round's samples ``[next_count, open rows, classes]`` and stop the rows
         the rule settles (all of them after the last round)."""
         fresh = np.asarray(fresh)
+        if self.done or fresh.ndim != 3 or fresh.shape[:2] != (self.next_count,
+                                                                len(self.active)):
+            raise ValueError(
+                f"expected samples [{self.next_count if not self.done else 0}, "
+                f"{len(self.active)}, classes] for the open rows, got {list(fresh.shape)}")
         self._active_rows.append(len(self.active))
         drawn = fresh if self._drawn is None else np.concatenate([self._drawn, fresh])
         total = self.schedule[self.round_index]

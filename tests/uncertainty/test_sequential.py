@@ -8,6 +8,8 @@ from uncertainty.calibration import Calibration, decide
 from uncertainty.engine import MCEngine
 from uncertainty.risk import FLAG_EVERYTHING, NoveltyPolicy, RiskPolicy
 from uncertainty.sequential import (
+    SequentialDraw,
+    SequentialRun,
     StoppingRule,
     _kl_to_mean,
     _per_sample_risk,
@@ -138,6 +140,31 @@ def test_stopped_rows_leave_the_batch():
             expected.mutual_information[0])
     assert result.engine_rows == sum(n * r for n, r in zip(
         np.diff((0, *schedule)), rows, strict=False))
+
+
+def test_a_run_drawn_round_by_round_is_the_procedure_and_joins_with_others():
+    """SequentialRun (rounds drawn by the caller) answers as run_sequential does, checks
+    the shape of what it is given, and the draws of two runs join in row order."""
+    samples = synthetic(64, "caccacccca")  # [64, 10, 4]
+    draw, schedule = counting_draw(samples, [])
+    strict = rule(label_tolerance=0, set_tolerance=0, risk_tolerance=0, novelty_tolerance=0)
+    whole = run_sequential(draw, 10, strict, schedule)
+    halves = []
+    for rows in (slice(0, 4), slice(4, 10)):
+        run = SequentialRun(rows.stop - rows.start, strict, schedule)
+        with pytest.raises(ValueError, match="still open"):
+            run.result()
+        while not run.done:
+            with pytest.raises(ValueError, match=r"expected samples \[\d+, \d+, classes\]"):
+                run.advance(samples[:1, rows][:, run.active])
+            start = schedule[run.round_index - 1] if run.round_index else 0
+            run.advance(samples[start:start + run.next_count, rows][:, run.active])
+        halves.append(run.result())
+    joined = SequentialDraw.joined(halves)
+    np.testing.assert_array_equal(joined.n_samples, whole.n_samples)
+    np.testing.assert_array_equal(joined.summary.mean, whole.summary.mean)
+    assert joined.active_rows == whole.active_rows
+    assert all(np.array_equal(a, b) for a, b in zip(joined.samples, whole.samples, strict=True))
 
 
 @pytest.fixture(scope="module")
