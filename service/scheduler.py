@@ -29,7 +29,7 @@ its last procedure ends. Later rounds are not held to the round's caps: they are
 work already admitted, and small (the instances still open after the first round,
 about a sixth of them on the default model). While no request has arrived since the
 loop took the round, the engine thread draws the next one at once, without waiting for
-the event loop.
+the event loop. Admission counts the later rounds among the rounds such a work needs.
 
 Admission, when a request arrives: refused (:class:`Overloaded`, 429) when the rows
 admitted and not yet drawn would pass ``max_queued_rows`` (an empty queue admits
@@ -333,7 +333,7 @@ class Scheduler:
             self._plan(work, n_samples)
             per_instance = work.remaining_rows / work.batch
             predicted = now + self._predicted_seconds(
-                len(work.slices), work.remaining_rows + unqueued * per_instance,
+                self._rounds(work), work.remaining_rows + unqueued * per_instance,
                 work.batch + unqueued, ahead)
             work.predicted_finish = predicted
             if predicted + margin <= self._deadline(work) and self._growth(work) <= slack:
@@ -374,8 +374,15 @@ class Scheduler:
         """The work's budget, else ``max_latency`` or twice its own engine time."""
         if work.deadline is not None:
             return work.deadline
-        own = self.costs.seconds(len(work.slices), work.remaining_rows)
+        own = self.costs.seconds(self._rounds(work), work.remaining_rows)
         return work.arrived + max(self.max_latency, 2 * own)
+
+    def _rounds(self, work: Work) -> int:
+        """Rounds until the work is drawn: one per slice, and for unseeded "auto" the later
+        rounds of its last slice's procedure (a seeded one draws them in its own round)."""
+        later = len(self.predictor.auto.schedule) - 1 if (
+            work.n_samples == AUTO and work.seed is None) else 0
+        return len(work.slices) + later
 
     def _plan(self, work: Work, n_samples: int | str) -> None:
         work.n_samples = n_samples

@@ -89,9 +89,15 @@ def test_auto_is_sliced_by_its_first_round_and_priced_at_its_mean_n(predictor, x
     auto = predictor.auto
     per_slice = SLICE_ROWS // auto.schedule[0]  # the first round's engine call: SLICE_ROWS rows
     work = Work(np.concatenate([x] * (per_slice // len(x) + 1)), "auto")
-    scheduler(predictor)._plan(work, "auto")
+    lane = scheduler(predictor)
+    lane._plan(work, "auto")
     assert [piece.instances for piece in work.slices] == [per_slice, len(work.x) - per_slice]
     assert work.slices[0].rows == pytest.approx(per_slice * auto.mean_n_samples)
+    # its last slice's procedure goes on for the later rounds; a seeded one draws them at once
+    assert lane._rounds(work) == 2 + len(auto.schedule) - 1
+    seeded = Work(work.x, "auto", seed=1)
+    lane._plan(seeded, "auto")
+    assert lane._rounds(seeded) == 2
 
 
 class SettlesNothing:
