@@ -69,7 +69,8 @@ class InputSpec:
                 and low <= numbers.min() and numbers.max() <= high)
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """How a JSON value's type is named in error messages."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -94,7 +95,7 @@ def parse_instance(raw: Any, spec: InputSpec) -> np.ndarray:
     """One instance, flat or shaped, as float32 ``spec.input_shape``; raises ValueError."""
     expected = spec.describe()
     if not isinstance(raw, list):
-        raise ValueError(f"expected {expected}, got {_json_type(raw)}")
+        raise ValueError(f"expected {expected}, got {json_type(raw)}")
     adapter = _NESTED_NUMBERS if raw and isinstance(raw[0], list) else _FLAT_NUMBERS
     try:
         array = np.asarray(adapter.validate_python(raw), dtype=np.float64)
@@ -131,7 +132,7 @@ def _array_or_explanation(raw: list, expected: str) -> np.ndarray:
             f"ragged nesting: every row must have the same length; expected {expected}"
         )
     if bad:
-        raise ValueError(f"expected {expected}, got {_json_type(bad[0])} among the values")
+        raise ValueError(f"expected {expected}, got {json_type(bad[0])} among the values")
     array = values.astype(np.float64)
     if not np.all(np.isfinite(array)):
         raise ValueError("values must be finite numbers, got NaN or Infinity")

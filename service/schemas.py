@@ -35,7 +35,7 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from service.inputs import InputSpec
+from service.inputs import InputSpec, json_type
 from service.settings import settings
 
 Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
@@ -206,13 +206,13 @@ def _as_array(numbers: list[Any]) -> np.ndarray | list[Any]:
 
 
 class _ReadAsNumbers:
-    """Read a list in the first of these ways that fits: as numbers nested as deep as one
-    of ``depths`` (in order), checked in pydantic's Rust core as it reads the JSON and
+    """Read a value in the first of these ways that fits: as numbers nested as deep as
+    one of ``depths`` (in order), checked in pydantic's Rust core as it reads the JSON and
     made one array, which is faster than reading every value as a Python object and
-    checking them one instance at a time; else as a list of anything, for the instance
-    checks to explain. The last way succeeds for any list, so that an error has one location. A
-    core schema of its own: BentoML rewrites the annotations of its inputs, and would
-    disorder the metadata of nested ones."""
+    checking them one instance at a time; else as it is, for the instance checks to
+    explain. The last way takes any value, so that an error has one location and says
+    what was expected. A core schema of its own: BentoML rewrites the annotations of its
+    inputs, and would disorder the metadata of nested ones."""
 
     def __init__(self, *depths: int) -> None:
         self.depths = depths
@@ -220,16 +220,17 @@ class _ReadAsNumbers:
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
         ways = [core_schema.no_info_after_validator_function(_as_array, _nested_numbers(depth))
                 for depth in self.depths]
-        anything = core_schema.list_schema(core_schema.any_schema())
-        return core_schema.union_schema([*ways, anything], mode="left_to_right")
+        return core_schema.union_schema([*ways, core_schema.any_schema()], mode="left_to_right")
 
 
-def _checked_instance(raw: np.ndarray | list[Any]) -> np.ndarray:
+def _checked_instance(raw: np.ndarray | Any) -> np.ndarray:
     spec = served_input()
     return spec.parse_numbers(raw) if isinstance(raw, np.ndarray) else spec.parse(raw)
 
 
-def _checked_instances(raw: np.ndarray | list[Any]) -> np.ndarray:
+def _checked_instances(raw: np.ndarray | Any) -> np.ndarray:
+    if not isinstance(raw, np.ndarray | list):
+        raise ValueError(f"expected a list of instances, got {json_type(raw)}")
     if not 1 <= len(raw) <= settings.max_instances:
         raise ValueError(f"expected at least 1 item and at most {settings.max_instances} "
                          f"items (instances), got {len(raw)}")

@@ -67,6 +67,9 @@ def test_flat_shaped_and_integer_instances_read_alike(client):
         ({"instances": [DIGIT[:63] + [True]]}, ["got a boolean"]),
         ({"instances": [DIGIT[:63] + [17]]}, ["range [0, 16]"]),
         ({"instances": []}, ["instances", "at least 1 item"]),
+        ({"instances": 5}, ["instances: expected a list of instances, got int"]),
+        ({"instances": "abc"}, ["instances: expected a list of instances, got a string"]),
+        ({"instances": [5]}, ["instances: instance 0: expected 64 numbers", "got int"]),
         ({"instances": [DIGIT] * 17}, ["instances", "at most 16 items"]),
         ({"instances": [DIGIT], "n_samples": 0}, ["n_samples", "greater than or equal to 1"]),
         ({"instances": [DIGIT], "n_samples": 201}, ["n_samples", "less than or equal to 200"]),
@@ -106,6 +109,9 @@ def test_bad_batched_items_are_refused_per_request(client):
                     {"items": [{"instance": DIGIT}, {"instance": DIGIT[:5], "n_samples": 0}]})
     assert_error(response, 400, "items.1.instance", "got shape 5", "items.1.n_samples")
     assert_error(post(client, "/predict_batched", {"items": []}), 400, "items")
+    response = post(client, "/predict_batched", {"items": [{"instance": "x"}]})
+    assert_error(response, 400, "items.0.instance: expected 64 numbers", "got a string")
+    assert response.json()["error"].count("items.0.instance") == 1  # one message, one place
     assert_error(post(client, "/predict_batched", {"items": [{"instance": DIGIT, "seed": 1}]}),
                  400, "items.0.seed", "Extra inputs")
 
