@@ -118,19 +118,22 @@ class Signer:
                        "the same UQ_FEEDBACK_KEY on every replica")
         return secrets.token_bytes(32)
 
-    def issue(self, n_samples: int, labels: np.ndarray, reasons: Sequence[int],
+    def issue(self, n_samples: int | np.ndarray, labels: np.ndarray, reasons: Sequence[int],
               prediction_sets: np.ndarray, issued: int | None = None) -> list[str]:
-        """One token per row: ``labels`` ``[batch]``, ``reasons`` (bits) ``[batch]``,
-        ``prediction_sets`` ``[batch, classes]`` bool."""
+        """One token per row: ``n_samples`` one count or one per row ``[batch]``,
+        ``labels`` ``[batch]``, ``reasons`` (bits) ``[batch]``, ``prediction_sets``
+        ``[batch, classes]`` bool."""
         issued = int(time.time()) if issued is None else issued
         nonces = os.urandom(6 * len(labels))
         masks = np.packbits(prediction_sets, axis=1, bitorder="little").tobytes()
-        n_samples, size = min(n_samples, 0xFFFF), self.set_bytes
+        labels = np.asarray(labels)
+        counts = np.broadcast_to(np.minimum(n_samples, 0xFFFF), labels.shape).tolist()
+        size = self.set_bytes
         tokens = []
-        for row, (label, bits) in enumerate(zip(np.asarray(labels).tolist(), reasons,
-                                                strict=True)):
+        for row, (count, label, bits) in enumerate(zip(counts, labels.tolist(), reasons,
+                                                       strict=True)):
             payload = _HEADER.pack(VERSION, self.model, issued, nonces[6 * row: 6 * row + 6],
-                                   n_samples, label, bits) + masks[size * row: size * (row + 1)]
+                                   count, label, bits) + masks[size * row: size * (row + 1)]
             tokens.append(base64.urlsafe_b64encode(payload + self._mac(payload))
                           .rstrip(b"=").decode("ascii"))
         return tokens

@@ -112,25 +112,19 @@ class Predictor:
                          return_samples: bool = False) -> list[Prediction]:
         """One prediction per row of a sequential draw, each with its own N, all judged by
         the calibration of "auto"."""
-        predictions: list[Prediction | None] = [None] * len(result.n_samples)
-        for count in np.unique(result.n_samples).tolist():  # rows with equal N share a call
-            rows = np.flatnonzero(result.n_samples == count)
-            part = UncertaintySummary(**{name: values[rows] for name, values
-                                         in vars(result.summary).items()})
-            for row, prediction in zip(
-                rows, self._predictions(part, count, risk_threshold, auto=True), strict=True
-            ):
-                if return_samples:
-                    prediction.samples = result.samples[row].tolist()
-                predictions[row] = prediction
+        predictions = self._predictions(result.summary, result.n_samples, risk_threshold,
+                                        auto=True)
+        if return_samples:
+            for prediction, samples in zip(predictions, result.samples, strict=True):
+                prediction.samples = samples.tolist()
         return predictions
 
     def _predictions(
-        self, summary: UncertaintySummary, n_samples: int, risk_threshold: float | None,
-        auto: bool = False,
+        self, summary: UncertaintySummary, n_samples: int | np.ndarray,
+        risk_threshold: float | None, auto: bool = False,
     ) -> list[Prediction]:
-        """Predictions of ``n_samples`` samples each; ``auto``: drawn by n_samples
-        "auto", whose own calibration applies."""
+        """Predictions of ``n_samples`` samples each; ``auto``: drawn by n_samples "auto"
+        (``n_samples`` then one count per row ``[batch]``), whose own calibration applies."""
         calibration = self.auto.calibration if auto else self.card.calibration_for(n_samples)
         calibrated = AUTO if auto else calibration.n_samples
         decision = decide(summary, calibration, risk_threshold)
@@ -147,7 +141,7 @@ class Predictor:
         # columns as Python values at once (indexing arrays per row costs more)
         return [
             Prediction.model_validate({
-                "n_samples": n_samples, "label": label, "class_name": names[label],
+                "n_samples": count, "label": label, "class_name": names[label],
                 "confidence": confidence, "probabilities": mean, "std": std,
                 "predictive_entropy": predictive_entropy, "expected_entropy": expected_entropy,
                 "mutual_information": mutual_information,
@@ -163,9 +157,10 @@ class Predictor:
                 },
                 "prediction_set": prediction_set, "feedback_token": token,
             })
-            for (label, confidence, mean, std, predictive_entropy, expected_entropy,
+            for (count, label, confidence, mean, std, predictive_entropy, expected_entropy,
                  mutual_information, error_risk, novel, score, novelty_score, prediction_set,
                  token) in zip(
+                np.broadcast_to(n_samples, summary.label.shape).tolist(),
                 summary.label.tolist(), summary.confidence.tolist(), summary.mean.tolist(),
                 summary.std.tolist(), summary.predictive_entropy.tolist(),
                 summary.expected_entropy.tolist(), summary.mutual_information.tolist(),

@@ -64,6 +64,10 @@ def test_predict_auto_reports_each_n_and_the_calibration_of_auto(client, digits,
     assert without_tokens(again["predictions"]) == without_tokens(answer["predictions"])
     other = post(client, "/predict", {**body, "seed": 6}).json()
     assert without_tokens(other["predictions"]) != without_tokens(answer["predictions"])
+    # each feedback token carries its own prediction's N
+    feedback = [{"token": p["feedback_token"], "label": 0} for p in answer["predictions"]]
+    results = post(client, "/feedback", feedback).json()["results"]
+    assert [r["n_samples"] for r in results] == [p["n_samples"] for p in answer["predictions"]]
 
 
 def test_auto_returns_the_samples_it_drew_and_takes_a_risk_threshold(client, digits, auto):
