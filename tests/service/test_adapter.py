@@ -267,9 +267,11 @@ def test_assumption_the_default_monitor_writes_json_lines_and_shares_its_loggers
     assert [record["request_id_"] for record in first] == ["a", "b", "a", "b"]
 
 
-def test_uvicorn_formats_no_access_log_record_for_bentoml_to_drop():
+def test_uvicorn_formats_no_access_log_record_for_bentoml_to_drop(monkeypatch):
     """uvicorn formats an access-log record for every response while ``uvicorn.access``
-    has a handler, its ancestors' included; BentoML's root handler would drop them."""
+    has a handler, its ancestors' included; BentoML's root handler would drop them. In a
+    worker the logger has no handlers of its own (in this process, tests that serve
+    in-process leave pytest's capture handlers on it)."""
     from uvicorn.config import Config
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     from uvicorn.server import ServerState
@@ -279,6 +281,7 @@ def test_uvicorn_formats_no_access_log_record_for_bentoml_to_drop():
     async def app(scope, receive, send):  # never called
         raise AssertionError
 
+    monkeypatch.setattr(logging.getLogger("uvicorn.access"), "handlers", [])
     skip_uvicorn_access_log()
     loop = asyncio.new_event_loop()
     try:
