@@ -18,7 +18,7 @@ from artifacts.store import load_classifier
 from service.feedback import Signer, reason_bits
 from service.inputs import InputSpec
 from service.schemas import Prediction
-from uncertainty.calibration import REASONS, decide
+from uncertainty.calibration import decide
 from uncertainty.engine import MCEngine, configure_tensorflow_threads
 from uncertainty.sequential import (
     AUTO,
@@ -146,9 +146,7 @@ class Predictor:
                 "predictive_entropy": predictive_entropy, "expected_entropy": expected_entropy,
                 "mutual_information": mutual_information,
                 "risk": {
-                    "flagged": error_risk or novel,
-                    "reasons": [reason for reason, holds in zip(
-                        REASONS, (error_risk, novel), strict=True) if holds],
+                    "flagged": bool(reasons), "reasons": reasons,
                     "metric": metric, "score": score, "threshold": decision.risk_threshold,
                     "novelty": {"metric": novelty_metric, "score": novelty_score,
                                 "threshold": novelty_threshold,
@@ -158,13 +156,12 @@ class Predictor:
                 "prediction_set": prediction_set, "feedback_token": token,
             })
             for (count, label, confidence, mean, std, predictive_entropy, expected_entropy,
-                 mutual_information, error_risk, novel, score, novelty_score, prediction_set,
+                 mutual_information, reasons, score, novelty_score, prediction_set,
                  token) in zip(
                 np.broadcast_to(n_samples, summary.label.shape).tolist(),
                 summary.label.tolist(), summary.confidence.tolist(), summary.mean.tolist(),
                 summary.std.tolist(), summary.predictive_entropy.tolist(),
                 summary.expected_entropy.tolist(), summary.mutual_information.tolist(),
-                decision.error_risk.tolist(), decision.novel.tolist(),
-                decision.risk_scores.tolist(), decision.novelty_scores.tolist(), sets, tokens,
-                strict=True)
+                decision.reasons_per_row(), decision.risk_scores.tolist(),
+                decision.novelty_scores.tolist(), sets, tokens, strict=True)
         ]

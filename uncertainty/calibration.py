@@ -125,8 +125,16 @@ class RiskDecision:
         return self.error_risk | self.novel
 
     def reasons(self, row: int) -> list[str]:
-        return [reason for reason, holds in zip(
-            REASONS, (self.error_risk[row], self.novel[row]), strict=True) if holds]
+        return _reasons(self.error_risk[row], self.novel[row])
+
+    def reasons_per_row(self) -> list[list[str]]:
+        """``reasons(row)`` of every row, at once."""
+        return [_reasons(error_risk, novel) for error_risk, novel in zip(
+            self.error_risk.tolist(), self.novel.tolist(), strict=True)]
+
+
+def _reasons(error_risk: bool, novel: bool) -> list[str]:
+    return [reason for reason, holds in zip(REASONS, (error_risk, novel), strict=True) if holds]
 
 
 def decide(

@@ -280,9 +280,9 @@ class SequentialDraw:
         drawn per round: summed)."""
         if len(draws) == 1:
             return draws[0]
-        summary = UncertaintySummary(**{
-            field.name: np.concatenate([getattr(draw.summary, field.name) for draw in draws])
-            for field in dataclasses.fields(UncertaintySummary)})
+        ends = np.cumsum([len(draw.n_samples) for draw in draws])
+        summary = _scatter([(np.arange(end - len(draw.n_samples), end), draw.summary)
+                            for draw, end in zip(draws, ends, strict=True)], int(ends[-1]))
         return cls(summary=summary, n_samples=np.concatenate([d.n_samples for d in draws]),
                    samples=[row for draw in draws for row in draw.samples],
                    active_rows=[sum(counts) for counts in itertools.zip_longest(
