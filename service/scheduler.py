@@ -27,9 +27,13 @@ call: the first rounds of new slices beside the later rounds of older ones, whos
 few open instances would otherwise pay an engine call each. A work finishes when
 its last procedure ends. Later rounds are not held to the round's caps: they are
 work already admitted, and small (the instances still open after the first round,
-about a sixth of them on the default model). While no request has arrived since the
-loop took the round, the engine thread draws the next one at once, without waiting for
-the event loop. Admission counts the later rounds among the rounds such a work needs.
+about a sixth of them on the default model). Admission counts the later rounds among
+the rounds such a work needs.
+
+Rounds are pipelined: when one is drawn, the loop hands the next to the engine thread
+before it answers the works the last one finished, so the engine thread does not wait
+while the loop builds responses; a work is answered by the round that finishes it,
+whatever other procedures go on.
 
 Admission, when a request arrives: refused (:class:`Overloaded`, 429) when the rows
 admitted and not yet drawn would pass ``max_queued_rows`` (an empty queue admits
@@ -238,8 +242,12 @@ class Lateness:
 
 @dataclasses.dataclass
 class _Round:
+    """A round handed to the engine thread: its new slices, and what it drew (awaited)."""
+
     started: float
     rows: float
+    pieces: list[tuple[Work, Slice]]
+    drawn: asyncio.Future[_Drawn]
 
 
 class Scheduler:
@@ -260,8 +268,6 @@ class Scheduler:
         self._works: dict[Work, None] = {}  # admitted and unfinished, in arrival order
         self._round: _Round | None = None
         self._runs: list[_AutoRun] = []  # the engine thread's; read between rounds
-        #: works arrived since the loop last took a round (the engine thread reads it)
-        self._arrived = False
         self._long_last = False  # whether the last round held slices of long works
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="uq-engine")
         self.lag = LoopLag()
@@ -283,7 +289,6 @@ class Scheduler:
         for work in works:
             work.future = loop.create_future()
             self._works[work] = None
-        self._arrived = True
         self._wake.set()
         try:
             results = [await work.future for work in works]
@@ -450,41 +455,54 @@ class Scheduler:
         while True:
             # requests the loop has read and not yet handed over join this round
             await asyncio.sleep(0)
-            pieces = self._next_round()
-            if not pieces and not self._runs:
+            self._round = current = self._start_round(loop)
+            if current is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            rows = sum(piece.rows for _, piece in pieces)
-            instances = (sum(piece.instances for _, piece in pieces)  # new, and still open
-                         + sum(len(run.run.active) for run in self._runs))
-            self._round = _Round(time.perf_counter(), rows)
-            metrics.BATCH_SIZE.observe(instances)
-            metrics.QUEUED_ROWS.set(self.queued_rows)
-            try:
-                drawn = await loop.run_in_executor(self._executor, self._draw, pieces)
-            except Exception as error:  # a server fault: fail this round's works, go on
-                logger.exception("an engine round failed")
-                self._fail({work for work, _ in pieces}
-                           | {work for run in self._runs for work in run.works}, error)
-                self._runs = []
-                continue
-            finally:
-                elapsed = time.perf_counter() - self._round.started
-                self._round = None
-            self.costs.observe(drawn.rows, elapsed)
-            for work in drawn.works:
-                work.engine_seconds += elapsed
-            for work in drawn.finished:
-                self._works.pop(work, None)
-                if not work.future.done():
-                    work.future.set_result(work.predictions)
-            metrics.QUEUED_ROWS.set(self.queued_rows)
+            while current is not None:
+                try:
+                    drawn = await current.drawn
+                except Exception as error:  # a server fault: fail this round's works, go on
+                    logger.exception("an engine round failed")
+                    self._fail({work for work, _ in current.pieces}
+                               | {work for run in self._runs for work in run.works}, error)
+                    self._runs = []
+                    self._round = None
+                    break
+                elapsed = time.perf_counter() - current.started
+                # the engine draws the next round while this one's works are answered
+                self._round = self._start_round(loop)
+                self._settle(drawn, elapsed)
+                current = self._round
+
+    def _start_round(self, loop: asyncio.AbstractEventLoop) -> _Round | None:
+        """Hand the next round to the engine thread (None: nothing to draw)."""
+        pieces = self._next_round()
+        if not pieces and not self._runs:
+            return None
+        instances = (sum(piece.instances for _, piece in pieces)  # new, and still open
+                     + sum(len(run.run.active) for run in self._runs))
+        metrics.BATCH_SIZE.observe(instances)
+        metrics.QUEUED_ROWS.set(self.queued_rows)
+        started = time.perf_counter()
+        return _Round(started, sum(piece.rows for _, piece in pieces), pieces,
+                      loop.run_in_executor(self._executor, self._draw, pieces))
+
+    def _settle(self, drawn: _Drawn, elapsed: float) -> None:
+        """Learn from a round that took ``elapsed`` seconds; answer the works it finished."""
+        self.costs.observe(drawn.rows, elapsed)
+        for work in drawn.works:
+            work.engine_seconds += elapsed
+        for work in drawn.finished:
+            self._works.pop(work, None)
+            if not work.future.done():
+                work.future.set_result(work.predictions)
+        metrics.QUEUED_ROWS.set(self.queued_rows)
 
     def _next_round(self) -> list[tuple[Work, Slice]]:
         """The next slice of each queued work, in arrival order, within the round's caps;
         while short works (one slice) wait, every other round leaves the long ones out."""
-        self._arrived = False
         for work in [work for work in self._works if work.cancelled]:
             self._works.pop(work)
         self._runs = [run for run in self._runs
@@ -534,8 +552,6 @@ class Scheduler:
         works = list(dict.fromkeys([*(work for work, _ in pieces),
                                     *(work for run in self._runs for work in run.works)]))
         if self._runs:
-            rows += self._draw_auto_round()
-        while self._runs and not self._arrived:  # nothing new to share the call with
             rows += self._draw_auto_round()
         finished = [work for work in works if work.done and not work.cancelled]
         self._finish([work for work in finished if work.n_samples != AUTO])
