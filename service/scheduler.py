@@ -30,10 +30,10 @@ work already admitted, and small (the instances still open after the first round
 about a sixth of them on the default model). Admission counts the later rounds among
 the rounds such a work needs.
 
-Rounds are pipelined: when one is drawn, the loop hands the next to the engine thread
-before it answers the works the last one finished, so the engine thread does not wait
-while the loop builds responses; a work is answered by the round that finishes it,
-whatever other procedures go on.
+Rounds are pipelined: when one is drawn, the loop hands the next to the engine thread,
+then builds the predictions of the works the last one finished and answers them, while
+the engine thread draws (it draws and runs the stopping rule, nothing else). A work is
+answered by the round that finishes it, whatever other procedures go on.
 
 Admission, when a request arrives: refused (:class:`Overloaded`, 429) when the rows
 admitted and not yet drawn would pass ``max_queued_rows`` (an empty queue admits
@@ -152,11 +152,13 @@ class _AutoRun:
 
 
 class _Drawn(NamedTuple):
-    """What one round drew: the works it finished, the engine rows, the works it drew for."""
+    """What one round drew: the works it finished, the engine rows, the works it drew for,
+    and the "auto" runs that ended in it (whose predictions are still to build)."""
 
     finished: list[Work]
     rows: float
     works: list[Work]
+    ended: list[_AutoRun]
 
 
 class CostModel:
@@ -490,10 +492,17 @@ class Scheduler:
                       loop.run_in_executor(self._executor, self._draw, pieces))
 
     def _settle(self, drawn: _Drawn, elapsed: float) -> None:
-        """Learn from a round that took ``elapsed`` seconds; answer the works it finished."""
+        """Learn from a round that took ``elapsed`` seconds; answer the works it finished,
+        their predictions built here, while the engine thread draws the next round."""
         self.costs.observe(drawn.rows, elapsed)
         for work in drawn.works:
             work.engine_seconds += elapsed
+        try:
+            self._finish([work for work in drawn.finished if work.n_samples != AUTO])
+            self._predict_ended(drawn.ended)
+        except Exception as error:  # a server fault: fail the works it finished, go on
+            logger.exception("building the predictions of a round failed")
+            self._fail(set(drawn.finished), error)
         for work in drawn.finished:
             self._works.pop(work, None)
             if not work.future.done():
@@ -551,11 +560,12 @@ class Scheduler:
             self._start_run(group)
         works = list(dict.fromkeys([*(work for work, _ in pieces),
                                     *(work for run in self._runs for work in run.works)]))
+        ended = []
         if self._runs:
-            rows += self._draw_auto_round()
+            auto_rows, ended = self._draw_auto_round()
+            rows += auto_rows
         finished = [work for work in works if work.done and not work.cancelled]
-        self._finish([work for work in finished if work.n_samples != AUTO])
-        return _Drawn(finished, rows, works)
+        return _Drawn(finished, rows, works, ended)
 
     def _draw_fixed(self, pieces: list[tuple[Work, Slice]]) -> None:
         """One engine call for the unseeded fixed-N slices of every work."""
@@ -577,10 +587,10 @@ class Scheduler:
         run = self.predictor.auto_run(len(x), pieces[0][0].risk_threshold)
         self._runs.append(_AutoRun(pieces, x, run))
 
-    def _draw_auto_round(self) -> int:
+    def _draw_auto_round(self) -> tuple[int, list[_AutoRun]]:
         """One engine call for the next round of every "auto" run, each open instance
-        drawing its run's next count; then the predictions of the runs that end, those
-        with the same options together. Returns the engine rows drawn."""
+        drawing its run's next count. Returns the engine rows drawn and the runs that
+        ended (their works count them closed; the loop builds their predictions)."""
         runs = self._runs
         x = np.concatenate([run.x[run.run.active] for run in runs])
         counts = np.concatenate([np.full(len(run.run.active), run.run.next_count)
@@ -593,22 +603,10 @@ class Scheduler:
             run.run.advance(np.stack(arrays[offset:offset + opened], axis=1))
             offset += opened
         self._runs = [run for run in runs if not run.run.done]
-        ended: dict[tuple, list[_AutoRun]] = {}
-        for run in runs:
-            if run.run.done:
-                work = run.works[0]
-                ended.setdefault((work.risk_threshold, work.return_samples), []).append(run)
-        for (risk_threshold, return_samples), group in ended.items():
-            predictions = self.predictor.auto_predictions(
-                SequentialDraw.joined([run.run.result() for run in group]), risk_threshold,
-                return_samples)
-            offset = 0
-            for work, piece in (pair for run in group for pair in run.pieces):
-                work.predictions[piece.start:piece.stop] = predictions[
-                    offset:offset + piece.instances]
-                work.open_runs -= 1
-                offset += piece.instances
-        return int(counts.sum())
+        ended = [run for run in runs if run.run.done]
+        for work in (work for run in ended for work in run.works):
+            work.open_runs -= 1
+        return int(counts.sum()), ended
 
     def _draw_seeded(self, work: Work, piece: Slice) -> None:
         """A seeded slice, alone: its samples depend on its work and index only."""
@@ -621,6 +619,23 @@ class Scheduler:
         else:
             _keep(work, piece, self.predictor.engine.sample_ragged(
                 x, [piece.samples] * piece.instances, seed))
+
+    def _predict_ended(self, runs: list[_AutoRun]) -> None:
+        """Predictions of the instances of "auto" runs that ended, those with the same
+        options built together."""
+        groups: dict[tuple, list[_AutoRun]] = {}
+        for run in runs:
+            work = run.works[0]
+            groups.setdefault((work.risk_threshold, work.return_samples), []).append(run)
+        for (risk_threshold, return_samples), group in groups.items():
+            predictions = self.predictor.auto_predictions(
+                SequentialDraw.joined([run.run.result() for run in group]), risk_threshold,
+                return_samples)
+            offset = 0
+            for work, piece in (pair for run in group for pair in run.pieces):
+                work.predictions[piece.start:piece.stop] = predictions[
+                    offset:offset + piece.instances]
+                offset += piece.instances
 
     def _finish(self, works: list[Work]) -> None:
         """Predictions of finished fixed-N works; those with the same N and options

@@ -130,9 +130,11 @@ def test_auto_rounds_of_different_works_share_engine_calls(predictor, x, monkeyp
     lane._draw([(second, second.slices.pop(0))])
     assert calls[1] == [schedule[1] - schedule[0]] * 3 + [schedule[0]] * 4  # one shared call
     assert not first.done and not second.done
+    ended = []
     while lane._runs:  # a round a draw
-        lane._draw([])
-    assert len(calls) == len(schedule) + 1
+        ended += lane._draw([]).ended
+    assert len(calls) == len(schedule) + 1 and len(ended) == 2
+    lane._predict_ended(ended)  # the loop's part
     for work in (first, second):
         assert work.done and len(work.predictions) == work.batch
         assert {p.n_samples for p in work.predictions} == {schedule[-1]}
@@ -171,6 +173,31 @@ def test_a_work_is_answered_in_the_round_that_finishes_it_while_the_engine_draws
     assert answered_after < len(schedule) // 2
     assert {p.n_samples for p in predictions} == {schedule[-1]}
     assert len(calls) == len(schedule) + 1  # the fixed work's call, and one a round
+
+
+@pytest.mark.parametrize("part", ["engine", "predictions"])
+def test_a_fault_fails_the_works_of_its_round_and_the_scheduler_goes_on(
+        predictor, x, monkeypatch, part):
+    """A fault drawing a round (engine thread) or building its predictions (event loop)
+    fails the works it would have answered; the next work is served."""
+    owner, name = ((predictor.engine, "sample_ragged") if part == "engine"
+                   else (predictor, "predictions"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"broken {name}")
+
+    lane = scheduler(predictor)
+
+    async def scenario():
+        with monkeypatch.context() as patch:
+            patch.setattr(owner, name, broken)
+            with pytest.raises(RuntimeError, match=f"broken {name}"):
+                await lane.run([Work(x[:2], 5)])
+        return await lane.run([Work(x[:3], 5)])
+
+    [[predictions]] = run(scenario())
+    assert [p.n_samples for p in predictions] == [5, 5, 5]
+    assert lane.queued_rows == 0 and not lane._works
 
 
 def test_queued_rows_past_the_bound_are_refused_but_an_empty_queue_admits_anything(
