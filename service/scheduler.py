@@ -32,8 +32,8 @@ the rounds such a work needs.
 
 Rounds are pipelined: when one is drawn, the loop hands the next to the engine thread,
 then builds the predictions of the works the last one finished and answers them, while
-the engine thread draws (it draws and runs the stopping rule, nothing else). A work is
-answered by the round that finishes it, whatever other procedures go on.
+the engine thread draws (for unseeded works it draws and runs the stopping rule, nothing
+else). A work is answered by the round that finishes it, whatever other procedures go on.
 
 Admission, when a request arrives: refused (:class:`Overloaded`, 429) when the rows
 admitted and not yet drawn would pass ``max_queued_rows`` (an empty queue admits
@@ -164,10 +164,9 @@ class _Drawn(NamedTuple):
 class CostModel:
     """Seconds of one round of ``rows`` engine rows: ``overhead + per_row * rows``, fitted
     online by least squares that weigh the last ``memory`` rounds most, kept near a
-    prior (two pseudo-rounds) until rounds of different sizes have been seen. The
-    per-prediction work (summary, risk, the response object) is counted per row: a
-    term per instance could not be told apart from the one per row while requests share
-    one N, and a budget then took large N for free."""
+    prior (two pseudo-rounds) until rounds of different sizes have been seen. A round is
+    the engine thread's part; the loop builds the predictions while the next round is
+    drawn, and what that adds to a work's time comes in through :class:`Lateness`."""
 
     def __init__(self, overhead: float = 0.002, per_row: float = 2.5e-5,
                  memory: int = 500) -> None:
@@ -502,12 +501,48 @@ class Scheduler:
             self._predict_ended(drawn.ended)
         except Exception as error:  # a server fault: fail the works it finished, go on
             logger.exception("building the predictions of a round failed")
-            self._fail(set(drawn.finished), error)
+            self._fail(set(drawn.finished) | {work for run in drawn.ended for work in run.works},
+                       error)
         for work in drawn.finished:
             self._works.pop(work, None)
             if not work.future.done():
                 work.future.set_result(work.predictions)
         metrics.QUEUED_ROWS.set(self.queued_rows)
+
+    def _predict_ended(self, runs: list[_AutoRun]) -> None:
+        """Predictions of the instances of "auto" runs that ended, those with the same
+        options built together."""
+        groups: dict[tuple, list[_AutoRun]] = {}
+        for run in runs:
+            work = run.works[0]
+            groups.setdefault((work.risk_threshold, work.return_samples), []).append(run)
+        for (risk_threshold, return_samples), group in groups.items():
+            predictions = self.predictor.auto_predictions(
+                SequentialDraw.joined([run.run.result() for run in group]), risk_threshold,
+                return_samples)
+            offset = 0
+            for work, piece in (pair for run in group for pair in run.pieces):
+                work.predictions[piece.start:piece.stop] = predictions[
+                    offset:offset + piece.instances]
+                offset += piece.instances
+
+    def _finish(self, works: list[Work]) -> None:
+        """Predictions of finished fixed-N works; those with the same N and options
+        share one summary."""
+        groups: dict[tuple, list[Work]] = {}
+        for work in works:
+            key = (work.n_samples, work.risk_threshold, work.return_samples)
+            groups.setdefault(key, []).append(work)
+        for (_, risk_threshold, return_samples), group in groups.items():
+            samples = np.stack([np.concatenate(parts) for work in group for parts in work.parts],
+                               axis=1)  # [n_samples, instances, classes]
+            predictions = self.predictor.predictions(samples, risk_threshold, return_samples)
+            offset = 0
+            for work in group:
+                work.predictions = predictions[offset:offset + work.batch]
+                work.parts = []
+                offset += work.batch
+
 
     def _next_round(self) -> list[tuple[Work, Slice]]:
         """The next slice of each queued work, in arrival order, within the round's caps;
@@ -619,40 +654,6 @@ class Scheduler:
         else:
             _keep(work, piece, self.predictor.engine.sample_ragged(
                 x, [piece.samples] * piece.instances, seed))
-
-    def _predict_ended(self, runs: list[_AutoRun]) -> None:
-        """Predictions of the instances of "auto" runs that ended, those with the same
-        options built together."""
-        groups: dict[tuple, list[_AutoRun]] = {}
-        for run in runs:
-            work = run.works[0]
-            groups.setdefault((work.risk_threshold, work.return_samples), []).append(run)
-        for (risk_threshold, return_samples), group in groups.items():
-            predictions = self.predictor.auto_predictions(
-                SequentialDraw.joined([run.run.result() for run in group]), risk_threshold,
-                return_samples)
-            offset = 0
-            for work, piece in (pair for run in group for pair in run.pieces):
-                work.predictions[piece.start:piece.stop] = predictions[
-                    offset:offset + piece.instances]
-                offset += piece.instances
-
-    def _finish(self, works: list[Work]) -> None:
-        """Predictions of finished fixed-N works; those with the same N and options
-        share one summary."""
-        groups: dict[tuple, list[Work]] = {}
-        for work in works:
-            key = (work.n_samples, work.risk_threshold, work.return_samples)
-            groups.setdefault(key, []).append(work)
-        for (_, risk_threshold, return_samples), group in groups.items():
-            samples = np.stack([np.concatenate(parts) for work in group for parts in work.parts],
-                               axis=1)  # [n_samples, instances, classes]
-            predictions = self.predictor.predictions(samples, risk_threshold, return_samples)
-            offset = 0
-            for work in group:
-                work.predictions = predictions[offset:offset + work.batch]
-                work.parts = []
-                offset += work.batch
 
 
 def _keep(work: Work, piece: Slice, arrays: Sequence[np.ndarray]) -> None:
