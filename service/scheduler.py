@@ -27,13 +27,9 @@ call: the first rounds of new slices beside the later rounds of older ones, whos
 few open instances would otherwise pay an engine call each. A work finishes when
 its last procedure ends. Later rounds are not held to the round's caps: they are
 work already admitted, and small (the instances still open after the first round,
-about a sixth of them on the default model). Admission counts the later rounds among
-the rounds such a work needs.
-
-Rounds are pipelined: when one is drawn, the loop hands the next to the engine thread,
-then builds the predictions of the works the last one finished and answers them, while
-the engine thread draws (for unseeded works it draws and runs the stopping rule, nothing
-else). A work is answered by the round that finishes it, whatever other procedures go on.
+about a sixth of them on the default model). While no request has arrived since the
+loop took the round, the engine thread draws the next one at once, without waiting for
+the event loop. Admission counts the later rounds among the rounds such a work needs.
 
 Admission, when a request arrives: refused (:class:`Overloaded`, 429) when the rows
 admitted and not yet drawn would pass ``max_queued_rows`` (an empty queue admits
@@ -152,21 +148,20 @@ class _AutoRun:
 
 
 class _Drawn(NamedTuple):
-    """What one round drew: the works it finished, the engine rows, the works it drew for,
-    and the "auto" runs that ended in it (whose predictions are still to build)."""
+    """What one round drew: the works it finished, the engine rows, the works it drew for."""
 
     finished: list[Work]
     rows: float
     works: list[Work]
-    ended: list[_AutoRun]
 
 
 class CostModel:
     """Seconds of one round of ``rows`` engine rows: ``overhead + per_row * rows``, fitted
     online by least squares that weigh the last ``memory`` rounds most, kept near a
-    prior (two pseudo-rounds) until rounds of different sizes have been seen. A round is
-    the engine thread's part; the loop builds the predictions while the next round is
-    drawn, and what that adds to a work's time comes in through :class:`Lateness`."""
+    prior (two pseudo-rounds) until rounds of different sizes have been seen. The
+    per-prediction work (summary, risk, the response object) is counted per row: a
+    term per instance could not be told apart from the one per row while requests share
+    one N, and a budget then took large N for free."""
 
     def __init__(self, overhead: float = 0.002, per_row: float = 2.5e-5,
                  memory: int = 500) -> None:
@@ -243,12 +238,8 @@ class Lateness:
 
 @dataclasses.dataclass
 class _Round:
-    """A round handed to the engine thread: its new slices, and what it drew (awaited)."""
-
     started: float
     rows: float
-    pieces: list[tuple[Work, Slice]]
-    drawn: asyncio.Future[_Drawn]
 
 
 class Scheduler:
@@ -269,6 +260,8 @@ class Scheduler:
         self._works: dict[Work, None] = {}  # admitted and unfinished, in arrival order
         self._round: _Round | None = None
         self._runs: list[_AutoRun] = []  # the engine thread's; read between rounds
+        #: works arrived since the loop last took a round (the engine thread reads it)
+        self._arrived = False
         self._long_last = False  # whether the last round held slices of long works
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="uq-engine")
         self.lag = LoopLag()
@@ -290,6 +283,7 @@ class Scheduler:
         for work in works:
             work.future = loop.create_future()
             self._works[work] = None
+        self._arrived = True
         self._wake.set()
         try:
             results = [await work.future for work in works]
@@ -456,97 +450,41 @@ class Scheduler:
         while True:
             # requests the loop has read and not yet handed over join this round
             await asyncio.sleep(0)
-            self._round = current = self._start_round(loop)
-            if current is None:
+            pieces = self._next_round()
+            if not pieces and not self._runs:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            while current is not None:
-                try:
-                    drawn = await current.drawn
-                except Exception as error:  # a server fault: fail this round's works, go on
-                    logger.exception("an engine round failed")
-                    self._fail({work for work, _ in current.pieces}
-                               | {work for run in self._runs for work in run.works}, error)
-                    self._runs = []
-                    self._round = None
-                    break
-                elapsed = time.perf_counter() - current.started
-                # the engine draws the next round while this one's works are answered
-                self._round = self._start_round(loop)
-                self._settle(drawn, elapsed)
-                current = self._round
-
-    def _start_round(self, loop: asyncio.AbstractEventLoop) -> _Round | None:
-        """Hand the next round to the engine thread (None: nothing to draw)."""
-        pieces = self._next_round()
-        if not pieces and not self._runs:
-            return None
-        instances = (sum(piece.instances for _, piece in pieces)  # new, and still open
-                     + sum(len(run.run.active) for run in self._runs))
-        metrics.BATCH_SIZE.observe(instances)
-        metrics.QUEUED_ROWS.set(self.queued_rows)
-        started = time.perf_counter()
-        return _Round(started, sum(piece.rows for _, piece in pieces), pieces,
-                      loop.run_in_executor(self._executor, self._draw, pieces))
-
-    def _settle(self, drawn: _Drawn, elapsed: float) -> None:
-        """Learn from a round that took ``elapsed`` seconds; answer the works it finished,
-        their predictions built here, while the engine thread draws the next round."""
-        self.costs.observe(drawn.rows, elapsed)
-        for work in drawn.works:
-            work.engine_seconds += elapsed
-        try:
-            self._finish([work for work in drawn.finished if work.n_samples != AUTO])
-            self._predict_ended(drawn.ended)
-        except Exception as error:  # a server fault: fail the works it finished, go on
-            logger.exception("building the predictions of a round failed")
-            self._fail(set(drawn.finished) | {work for run in drawn.ended for work in run.works},
-                       error)
-        for work in drawn.finished:
-            self._works.pop(work, None)
-            if not work.future.done():
-                work.future.set_result(work.predictions)
-        metrics.QUEUED_ROWS.set(self.queued_rows)
-
-    def _predict_ended(self, runs: list[_AutoRun]) -> None:
-        """Predictions of the instances of "auto" runs that ended, those with the same
-        options built together."""
-        groups: dict[tuple, list[_AutoRun]] = {}
-        for run in runs:
-            work = run.works[0]
-            groups.setdefault((work.risk_threshold, work.return_samples), []).append(run)
-        for (risk_threshold, return_samples), group in groups.items():
-            predictions = self.predictor.auto_predictions(
-                SequentialDraw.joined([run.run.result() for run in group]), risk_threshold,
-                return_samples)
-            offset = 0
-            for work, piece in (pair for run in group for pair in run.pieces):
-                work.predictions[piece.start:piece.stop] = predictions[
-                    offset:offset + piece.instances]
-                offset += piece.instances
-
-    def _finish(self, works: list[Work]) -> None:
-        """Predictions of finished fixed-N works; those with the same N and options
-        share one summary."""
-        groups: dict[tuple, list[Work]] = {}
-        for work in works:
-            key = (work.n_samples, work.risk_threshold, work.return_samples)
-            groups.setdefault(key, []).append(work)
-        for (_, risk_threshold, return_samples), group in groups.items():
-            samples = np.stack([np.concatenate(parts) for work in group for parts in work.parts],
-                               axis=1)  # [n_samples, instances, classes]
-            predictions = self.predictor.predictions(samples, risk_threshold, return_samples)
-            offset = 0
-            for work in group:
-                work.predictions = predictions[offset:offset + work.batch]
-                work.parts = []
-                offset += work.batch
-
+            rows = sum(piece.rows for _, piece in pieces)
+            instances = (sum(piece.instances for _, piece in pieces)  # new, and still open
+                         + sum(len(run.run.active) for run in self._runs))
+            self._round = _Round(time.perf_counter(), rows)
+            metrics.BATCH_SIZE.observe(instances)
+            metrics.QUEUED_ROWS.set(self.queued_rows)
+            try:
+                drawn = await loop.run_in_executor(self._executor, self._draw, pieces)
+            except Exception as error:  # a server fault: fail this round's works, go on
+                logger.exception("an engine round failed")
+                self._fail({work for work, _ in pieces}
+                           | {work for run in self._runs for work in run.works}, error)
+                self._runs = []
+                continue
+            finally:
+                elapsed = time.perf_counter() - self._round.started
+                self._round = None
+            self.costs.observe(drawn.rows, elapsed)
+            for work in drawn.works:
+                work.engine_seconds += elapsed
+            for work in drawn.finished:
+                self._works.pop(work, None)
+                if not work.future.done():
+                    work.future.set_result(work.predictions)
+            metrics.QUEUED_ROWS.set(self.queued_rows)
 
     def _next_round(self) -> list[tuple[Work, Slice]]:
         """The next slice of each queued work, in arrival order, within the round's caps;
         while short works (one slice) wait, every other round leaves the long ones out."""
+        self._arrived = False
         for work in [work for work in self._works if work.cancelled]:
             self._works.pop(work)
         self._runs = [run for run in self._runs
@@ -595,12 +533,13 @@ class Scheduler:
             self._start_run(group)
         works = list(dict.fromkeys([*(work for work, _ in pieces),
                                     *(work for run in self._runs for work in run.works)]))
-        ended = []
         if self._runs:
-            auto_rows, ended = self._draw_auto_round()
-            rows += auto_rows
+            rows += self._draw_auto_round()
+        while self._runs and not self._arrived:  # nothing new to share the call with
+            rows += self._draw_auto_round()
         finished = [work for work in works if work.done and not work.cancelled]
-        return _Drawn(finished, rows, works, ended)
+        self._finish([work for work in finished if work.n_samples != AUTO])
+        return _Drawn(finished, rows, works)
 
     def _draw_fixed(self, pieces: list[tuple[Work, Slice]]) -> None:
         """One engine call for the unseeded fixed-N slices of every work."""
@@ -622,10 +561,10 @@ class Scheduler:
         run = self.predictor.auto_run(len(x), pieces[0][0].risk_threshold)
         self._runs.append(_AutoRun(pieces, x, run))
 
-    def _draw_auto_round(self) -> tuple[int, list[_AutoRun]]:
+    def _draw_auto_round(self) -> int:
         """One engine call for the next round of every "auto" run, each open instance
-        drawing its run's next count. Returns the engine rows drawn and the runs that
-        ended (their works count them closed; the loop builds their predictions)."""
+        drawing its run's next count; then the predictions of the runs that end, those
+        with the same options together. Returns the engine rows drawn."""
         runs = self._runs
         x = np.concatenate([run.x[run.run.active] for run in runs])
         counts = np.concatenate([np.full(len(run.run.active), run.run.next_count)
@@ -638,10 +577,22 @@ class Scheduler:
             run.run.advance(np.stack(arrays[offset:offset + opened], axis=1))
             offset += opened
         self._runs = [run for run in runs if not run.run.done]
-        ended = [run for run in runs if run.run.done]
-        for work in (work for run in ended for work in run.works):
-            work.open_runs -= 1
-        return int(counts.sum()), ended
+        ended: dict[tuple, list[_AutoRun]] = {}
+        for run in runs:
+            if run.run.done:
+                work = run.works[0]
+                ended.setdefault((work.risk_threshold, work.return_samples), []).append(run)
+        for (risk_threshold, return_samples), group in ended.items():
+            predictions = self.predictor.auto_predictions(
+                SequentialDraw.joined([run.run.result() for run in group]), risk_threshold,
+                return_samples)
+            offset = 0
+            for work, piece in (pair for run in group for pair in run.pieces):
+                work.predictions[piece.start:piece.stop] = predictions[
+                    offset:offset + piece.instances]
+                work.open_runs -= 1
+                offset += piece.instances
+        return int(counts.sum())
 
     def _draw_seeded(self, work: Work, piece: Slice) -> None:
         """A seeded slice, alone: its samples depend on its work and index only."""
@@ -654,6 +605,23 @@ class Scheduler:
         else:
             _keep(work, piece, self.predictor.engine.sample_ragged(
                 x, [piece.samples] * piece.instances, seed))
+
+    def _finish(self, works: list[Work]) -> None:
+        """Predictions of finished fixed-N works; those with the same N and options
+        share one summary."""
+        groups: dict[tuple, list[Work]] = {}
+        for work in works:
+            key = (work.n_samples, work.risk_threshold, work.return_samples)
+            groups.setdefault(key, []).append(work)
+        for (_, risk_threshold, return_samples), group in groups.items():
+            samples = np.stack([np.concatenate(parts) for work in group for parts in work.parts],
+                               axis=1)  # [n_samples, instances, classes]
+            predictions = self.predictor.predictions(samples, risk_threshold, return_samples)
+            offset = 0
+            for work in group:
+                work.predictions = predictions[offset:offset + work.batch]
+                work.parts = []
+                offset += work.batch
 
 
 def _keep(work: Work, piece: Slice, arrays: Sequence[np.ndarray]) -> None:

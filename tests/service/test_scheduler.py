@@ -125,61 +125,26 @@ def test_auto_rounds_of_different_works_share_engine_calls(predictor, x, monkeyp
     first, second = Work(x[:3], "auto"), Work(x[3:7], "auto")
     for work in (first, second):
         lane._plan(work, "auto")
+    lane._arrived = True  # the second work arrives while the first's round is drawn
     lane._draw([(first, first.slices.pop(0))])
     assert len(calls) == 1 and first.open_runs == 1
     lane._draw([(second, second.slices.pop(0))])
     assert calls[1] == [schedule[1] - schedule[0]] * 3 + [schedule[0]] * 4  # one shared call
     assert not first.done and not second.done
-    ended = []
-    while lane._runs:  # a round a draw
-        ended += lane._draw([]).ended
-    assert len(calls) == len(schedule) + 1 and len(ended) == 2
-    lane._predict_ended(ended)  # the loop's part
+    lane._arrived = False  # nothing new arrives: the engine thread draws every round left
+    lane._draw([])
+    assert len(calls) == len(schedule) + 1
     for work in (first, second):
         assert work.done and len(work.predictions) == work.batch
         assert {p.n_samples for p in work.predictions} == {schedule[-1]}
         assert {p.risk.calibrated_n_samples for p in work.predictions} == {"auto"}
 
 
-def test_a_work_is_answered_in_the_round_that_finishes_it_while_the_engine_draws_on(
-        predictor, x, monkeypatch):
-    """A fixed-N work drawn beside an "auto" work's later rounds is answered once its
-    round is drawn, not when the procedure under way ends; meanwhile the engine thread
-    draws the next round (it is handed over before the answers)."""
-    calls = []
-    sample_ragged = predictor.engine.sample_ragged
-
-    def counted(rows, counts, *args, **kwargs):
-        calls.append(len(counts))
-        return sample_ragged(rows, counts, *args, **kwargs)
-
-    schedule = tuple(range(2, 42, 2))  # twenty rounds
-    monkeypatch.setattr(predictor.engine, "sample_ragged", counted)
-    monkeypatch.setattr(predictor, "auto_run", lambda rows, risk_threshold=None: SequentialRun(
-        rows, SettlesNothing(), schedule))
-    lane = scheduler(predictor)
-
-    async def scenario():
-        auto = asyncio.ensure_future(lane.run([Work(x[:3], "auto")]))
-        while not calls:  # its first round is under way
-            await asyncio.sleep(0.001)
-        [fixed] = await lane.run([Work(x[3:5], 5)])
-        answered_after = len(calls)
-        [predictions] = await auto
-        return fixed, answered_after, predictions
-
-    [(fixed, answered_after, predictions)] = run(scenario())
-    assert [p.n_samples for p in fixed] == [5, 5]
-    assert answered_after < len(schedule) // 2
-    assert {p.n_samples for p in predictions} == {schedule[-1]}
-    assert len(calls) == len(schedule) + 1  # the fixed work's call, and one a round
-
-
 @pytest.mark.parametrize("part", ["engine", "predictions"])
 def test_a_fault_fails_the_works_of_its_round_and_the_scheduler_goes_on(
         predictor, x, monkeypatch, part):
-    """A fault drawing a round (engine thread) or building its predictions (event loop)
-    fails the works it would have answered; the next work is served."""
+    """A fault drawing a round or building its predictions fails the works it would have
+    answered, with the error; the next work is served."""
     owner, name = ((predictor.engine, "sample_ragged") if part == "engine"
                    else (predictor, "predictions"))
 
