@@ -47,6 +47,7 @@ print('\n'.join(project['dependencies'] + extras))" > /tmp/requirements.txt \
 COPY README.md bentofile.yaml ./
 COPY uncertainty/ uncertainty/
 COPY artifacts/ artifacts/
+COPY commandline/ commandline/
 COPY service/ service/
 COPY training/ training/
 # the prediction log (bentoml.monitor) goes to monitoring/ under the working directory

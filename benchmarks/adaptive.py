@@ -39,7 +39,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import numpy as np  # noqa: E402
 
-from training.cli import OneLineErrorParser, fail  # noqa: E402
+from commandline.arguments import OneLineErrorParser, fail  # noqa: E402
 
 AUTO = "auto"
 #: (name, path, instances per request, clients)

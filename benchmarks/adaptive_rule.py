@@ -35,7 +35,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import numpy as np  # noqa: E402
 
-from training.cli import OneLineErrorParser, fail  # noqa: E402
+from commandline.arguments import OneLineErrorParser, fail  # noqa: E402
 
 #: (name, first round, StoppingRule settings, stratified rounds)
 VARIANTS = (

@@ -31,7 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from training.cli import OneLineErrorParser  # noqa: E402
+from commandline.arguments import OneLineErrorParser  # noqa: E402
 from uncertainty.engine import MCEngine, configure_tensorflow_threads  # noqa: E402
 
 BATCH_SIZES = (1, 32, 256)

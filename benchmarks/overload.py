@@ -64,8 +64,8 @@ import numpy as np  # noqa: E402
 import uvloop  # noqa: E402
 
 from benchmarks.service import _request_bytes  # noqa: E402
+from commandline.arguments import OneLineErrorParser, fail, number_in, positive_integer  # noqa: E402
 from loadtest.server import add_service_options  # noqa: E402
-from training.cli import OneLineErrorParser, fail, number_in, positive_integer  # noqa: E402
 
 PROG = "python benchmarks/overload.py"
 PHASES = ("capacity", "overload", "big", "budget")

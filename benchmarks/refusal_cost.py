@@ -37,8 +37,8 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 from benchmarks.overload import server_tree  # noqa: E402
 from benchmarks.service import _client, _request_bytes  # noqa: E402
+from commandline.arguments import OneLineErrorParser, fail, positive_integer  # noqa: E402
 from loadtest.server import free_port, served  # noqa: E402
-from training.cli import OneLineErrorParser, fail, positive_integer  # noqa: E402
 
 REFUSAL = json.dumps({"error": "the service is overloaded; retry later"}).encode()
 

@@ -43,7 +43,7 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]
 
-from training.cli import OneLineErrorParser, positive_integer  # noqa: E402
+from commandline.arguments import OneLineErrorParser, positive_integer  # noqa: E402
 
 ROWS = 200_000
 MODEL_NAME = "uq-bench-digits"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.cli import OneLineErrorParser, fail
+from commandline.arguments import OneLineErrorParser, fail
 
 # Run as a script, this file's directory heads sys.path, and this file's name would
 # hide the service package (loadtest.contract reads the response schema from it).

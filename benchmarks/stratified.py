@@ -27,7 +27,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import numpy as np  # noqa: E402
 
-from training.cli import OneLineErrorParser, fail  # noqa: E402
+from commandline.arguments import OneLineErrorParser, fail  # noqa: E402
 
 CALL_ROWS = (64, 512, 2048, 4096)
 SAMPLE_COUNTS = (8, 12, 16, 32)

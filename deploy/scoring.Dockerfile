@@ -43,6 +43,7 @@ print('\n'.join(project['dependencies'] + ray + ['ray[default]==' + version]))" 
 COPY README.md ./
 COPY uncertainty/ uncertainty/
 COPY artifacts/ artifacts/
+COPY commandline/ commandline/
 COPY service/ service/
 COPY training/ training/
 COPY scoring/ scoring/

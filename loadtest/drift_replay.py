@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from commandline.arguments import OneLineErrorParser, fail
 from loadtest.server import add_service_options
-from training.cli import OneLineErrorParser, fail
 
 PROG = "python -m loadtest.drift_replay"
 DETECTION_TARGET = 200

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from commandline.arguments import OneLineErrorParser, fail, sample_counts
 from loadtest.server import add_service_options
-from training.cli import OneLineErrorParser, fail, sample_counts
 
 PROG = "python -m loadtest.guarantees"
 

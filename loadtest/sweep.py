@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from commandline.arguments import OneLineErrorParser, fail, sample_counts
 from loadtest.server import ServerError, check_loopback, served
-from training.cli import OneLineErrorParser, fail, sample_counts
 
 AUTO = "auto"
 
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def counts_or_auto(text: str) -> tuple[int | str, ...]:
-    """``--samples``: sample counts as training.cli.sample_counts, and "auto" (last)."""
+    """``--samples``: sample counts as commandline.arguments.sample_counts, and "auto" (last)."""
     parts = text.split(",")
     counts = [part for part in parts if part.strip() != AUTO]
     return ((sample_counts(",".join(counts)) if counts else ())

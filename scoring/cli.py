@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from training.cli import OneLineErrorParser, fail, integer_at_least, positive_integer
+from commandline.arguments import OneLineErrorParser, fail, integer_at_least, positive_integer
 
 PROG = "uq-score"
 #: Rows per chunk (one local shard) by default, lowered so that a chunk's float32

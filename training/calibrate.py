@@ -29,7 +29,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.cli import OneLineErrorParser, fail, open_fraction, positive_integer, sample_counts
+from commandline.arguments import (
+    OneLineErrorParser,
+    fail,
+    open_fraction,
+    positive_integer,
+    sample_counts,
+)
 from training.data import Dataset, DatasetError, load_dataset
 from uncertainty.calibration import DEFAULT_GRID, DEFAULT_NOVELTY_FALSE_ALARM_RATE
 from uncertainty.sequential import DEFAULT_MAX_AUTO_SAMPLES

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from training.cli import OneLineErrorParser, fail, sample_counts
+from commandline.arguments import OneLineErrorParser, fail, sample_counts
 from training.data import DatasetError, load_dataset
 from training.evaluation import (
     ACCURACY_TOLERANCE,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from artifacts.cards import ModelCard, training_record
-from training.cli import OneLineErrorParser, fail, integers, sample_counts
+from commandline.arguments import OneLineErrorParser, fail, integers, sample_counts
 from training.config import (
     ACTIVATIONS,
     ARCHITECTURES,

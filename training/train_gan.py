@@ -26,7 +26,7 @@ import numpy as np
 
 from artifacts.cards import GeneratorCard, training_record
 from artifacts.store import DEFAULT_GENERATOR_NAME
-from training.cli import OneLineErrorParser, fail
+from commandline.arguments import OneLineErrorParser, fail
 from training.config import check_model_name
 from training.data import DATASET_NAMES, Dataset, DatasetError, load_dataset
 

@@ -1,5 +1,5 @@
-"""Command-line plumbing shared by uq-train, uq-train-gan, uq-evaluate, uq-loadtest and
-the benchmarks: the one-line error exit and option types."""
+"""Argument parsing shared by every command (uq-train, uq-evaluate, uq-calibrate,
+uq-loadtest, uq-score, the benchmarks): the one-line error exit and option types."""
 
 from __future__ import annotations
 
