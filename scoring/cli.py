@@ -168,7 +168,7 @@ def _score_locally(args, model_ref, card, tag, source, n_samples, chunk_rows, st
     from scoring.local import run_local
     from scoring.scorer import Scorer
     from scoring.sources import InputError
-    from uncertainty.engine import configure_tensorflow_threads
+    from uncertainty.mc import configure_tensorflow_threads
 
     configure_tensorflow_threads()
     model, card, tag = load_classifier(model_ref)

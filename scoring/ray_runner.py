@@ -131,7 +131,7 @@ class RayScorer:
 
         from artifacts.cards import ModelCard
         from scoring.scorer import Scorer
-        from uncertainty.engine import configure_tensorflow_threads
+        from uncertainty.mc import configure_tensorflow_threads
 
         configure_tensorflow_threads(threads)
         keras_model = _keras_model(ray.get(model[0]))

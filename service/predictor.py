@@ -19,7 +19,7 @@ from service.feedback import Signer, reason_bits
 from service.inputs import InputSpec
 from service.schemas import Prediction
 from uncertainty.calibration import decide
-from uncertainty.engine import MCEngine, configure_tensorflow_threads
+from uncertainty.mc import MCEngine, configure_tensorflow_threads
 from uncertainty.sequential import (
     AUTO,
     AutoCalibration,

@@ -113,7 +113,7 @@ def evaluate(model, card, dataset, *, samples, off_grid_samples, reference_sampl
     """Every figure of evaluation.json, plus the arrays the plots need under "_plots".
     ``generated``: (generator tag, its images ``[count, *input_shape]``), a shifted set."""
     from training.ood import ood_sets
-    from uncertainty.engine import MCEngine
+    from uncertainty.mc import MCEngine
 
     engine = MCEngine(model)
     x_test, y_test = dataset.x_test, dataset.y_test

@@ -32,7 +32,7 @@ from uncertainty.summary import UncertaintySummary, summarize
 if TYPE_CHECKING:
     import keras
 
-    from uncertainty.engine import MCEngine
+    from uncertainty.mc import MCEngine
 
 #: Rows per engine call when sampling a whole split, to bound memory.
 ROWS_PER_SAMPLING_BATCH = 1000
@@ -375,7 +375,7 @@ def evaluate_and_calibrate(
     """Calibrate at every N of the grid on the validation split, and the adaptive
     procedure ("auto", at most ``max_auto_samples`` samples) as its own N; then measure
     the default N (``n_samples``, in the grid) and "auto" on the test split."""
-    from uncertainty.engine import MCEngine
+    from uncertainty.mc import MCEngine
 
     engine = MCEngine(model)
     calibrations = calibrate_grid(

@@ -86,7 +86,7 @@ def check_guarantees(rows):
 
 def test_nested_draws_see_every_n_through_the_same_samples(classifier_tag, monkeypatch):
     from artifacts.store import load_classifier
-    from uncertainty.engine import MCEngine
+    from uncertainty.mc import MCEngine
 
     model, _, _ = load_classifier(classifier_tag)
     engine = MCEngine(model)
