@@ -116,7 +116,8 @@ class UQService:
 
         try:
             predictor = Predictor.load(
-                self.model_ref, settings.default_samples, warm_up_batch=settings.batch_max_size
+                self.model_ref, settings.default_samples, warm_up_batch=settings.batch_max_size,
+                signer=_feedback_signer,
             )
             if settings.generator:
                 self.sampler = Sampler.load(self.generator_ref, predictor.spec)
@@ -138,16 +139,13 @@ class UQService:
         prediction log."""
         from service.monitoring import Monitoring
 
-        key = settings.feedback_key.get_secret_value() if settings.feedback_key else None
-        card, max_age = predictor.card, settings.feedback_max_age_hours * 3600
-        predictor.signer = Signer(Signer.key_from(key), predictor.tag, len(card.class_names),
-                                  max_age)
-        self.feedback_desk = Desk(predictor.signer,
-                                  ReplayMemory(settings.feedback_replay_memory, max_age),
-                                  card.class_names)
+        card = predictor.card
+        self.feedback_desk = Desk(
+            predictor.signer,
+            ReplayMemory(settings.feedback_replay_memory, settings.feedback_max_age_hours * 3600),
+            card.class_names)
         self.monitoring = Monitoring(card, predictor.tag, log_predictions=settings.log_predictions,
                                      log_inputs=settings.log_inputs)
-        metrics.set_observer(self.monitoring.observe)
 
     def __is_ready__(self) -> bool:
         return self.predictor is not None
@@ -193,11 +191,11 @@ class UQService:
         for work, predictions in zip(works, results, strict=True):
             for prediction in predictions:
                 prediction.budget_limited = work.budget_limited
-        metrics.observe_predictions(
-            endpoint, [p for predictions in results for p in predictions],
-            max(work.engine_seconds for work in works),
-            inputs=np.concatenate([work.x for work in works]),
-        )
+        predictions = [p for predictions in results for p in predictions]
+        seconds = max(work.engine_seconds for work in works)
+        metrics.observe_predictions(endpoint, predictions, seconds)
+        self.monitoring.observe(endpoint, predictions, seconds,
+                                np.concatenate([work.x for work in works]))
         return results
 
     @bentoml.api(route="/predict")
@@ -319,6 +317,13 @@ class UQService:
         """The drift detector's state (also under "drift" in /metadata)."""
         return {"request_id": request_ids.current_or_new(), "model": self.predictor.tag,
                 **self.monitoring.drift_state()}
+
+
+def _feedback_signer(tag: str, classes: int) -> Signer:
+    """The signer of the served model's feedback tokens (UQ_FEEDBACK_KEY, else a key of
+    this process)."""
+    key = settings.feedback_key.get_secret_value() if settings.feedback_key else None
+    return Signer(Signer.key_from(key), tag, classes, settings.feedback_max_age_hours * 3600)
 
 
 def _settle_garbage_collector() -> None:
