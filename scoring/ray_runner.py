@@ -22,13 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from artifacts.cards import ModelCard
 from scoring.output import PARQUET_OPTIONS, SCORES
 from scoring.sources import ColumnMap, InputError, Source
 
 if TYPE_CHECKING:
     import keras
-
-    from artifacts.cards import ModelCard
 
 
 class RayRunError(RuntimeError):
@@ -129,7 +128,7 @@ class RayScorer:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import ray
 
-        from artifacts.cards import ModelCard
+        # import TensorFlow: in the Ray worker, not the driver
         from scoring.scorer import Scorer
         from uncertainty.mc import configure_tensorflow_threads
 

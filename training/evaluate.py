@@ -51,9 +51,12 @@ from typing import Any
 
 import numpy as np
 
+from artifacts.generation import generated_images
+from artifacts.store import load_classifier, load_generator
 from commandline.arguments import OneLineErrorParser, fail, sample_counts
-from training import evaluate_auto
+from training import evaluate_auto, plots
 from training.data import DatasetError, load_dataset
+from training.drift_replay import replay
 from training.evaluation import (
     ACCURACY_TOLERANCE,
     BOOTSTRAP_RESAMPLES,
@@ -71,6 +74,8 @@ from training.evaluation import (
     selective_metrics,
     total_variation,
 )
+from training.ood import ood_sets
+from training.plots import Panel, marked_against_samples
 from uncertainty import metrics
 from uncertainty.calibration import decide
 from uncertainty.risk import RISK_DELTA, risk_scores
@@ -115,8 +120,7 @@ def evaluate(model, card, dataset, *, samples, off_grid_samples, reference_sampl
              reference_rows, seed, generated=None) -> dict:
     """Every figure of evaluation.json, plus the arrays the plots need under "_plots".
     ``generated``: (generator tag, its images ``[count, *input_shape]``), a shifted set."""
-    from training.ood import ood_sets
-    from uncertainty.mc import MCEngine
+    from uncertainty.mc import MCEngine  # imports TensorFlow, once main has quieted its logs
 
     engine = MCEngine(model)
     x_test, y_test = dataset.x_test, dataset.y_test
@@ -264,8 +268,6 @@ def generated_report(card, generator_tag: str, test_summary,
 
 
 def write_plots(report: dict[str, Any], labels: np.ndarray, output_dir: Path) -> None:
-    from training import plots
-
     rows = report["by_n_samples"]
     plots.lines_against(
         [row["n_samples"] for row in rows],
@@ -293,8 +295,6 @@ def write_plots(report: dict[str, Any], labels: np.ndarray, output_dir: Path) ->
 
 def write_guarantees_plot(report: dict[str, Any], path: Path) -> None:
     """The guarantee rows against N, each promise beside its measurement."""
-    from training.plots import Panel, marked_against_samples
-
     rows = report["guarantees"]
 
     def column(name: str) -> list[float]:
@@ -404,8 +404,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import bentoml
 
-    from artifacts.store import load_classifier
-
     try:
         model_ref = bentoml.models.get(args.model)
     except bentoml.exceptions.NotFound:
@@ -420,9 +418,6 @@ def main(argv: list[str] | None = None) -> int:
         return fail("uq-evaluate", str(error))
     generated = None
     if args.generator:
-        from artifacts.generation import generated_images
-        from artifacts.store import load_generator
-
         try:
             generator, generator_card, generator_tag = load_generator(args.generator)
             generator_card.check_fits(generator_tag, card.input_shape, card.value_range)
@@ -438,8 +433,6 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_plots(report, dataset.y_test, args.output_dir)
     if args.drift_replay:
-        from training.drift_replay import replay
-
         try:
             report["drift_replay"] = replay(card, report["_plots"]["test_summary"],
                                             report["_plots"]["shifted_summaries"],

@@ -375,7 +375,7 @@ def evaluate_and_calibrate(
     """Calibrate at every N of the grid on the validation split, and the adaptive
     procedure ("auto", at most ``max_auto_samples`` samples) as its own N; then measure
     the default N (``n_samples``, in the grid) and "auto" on the test split."""
-    from uncertainty.mc import MCEngine
+    from uncertainty.mc import MCEngine  # imports TensorFlow: loadtest reads this module too
 
     engine = MCEngine(model)
     calibrations = calibrate_grid(
