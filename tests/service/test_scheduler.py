@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from service.latency import CostModel
+from service.predictor import Predictor
 from service.scheduler import SLICE_ROWS, Overloaded, Scheduler, Work
 from tests.service.fake_clock import FakeClock
 from training.data import load_dataset
@@ -16,8 +17,6 @@ from uncertainty.sequential import SequentialRun
 
 @pytest.fixture(scope="module")
 def predictor(classifier_tag):
-    from service.predictor import Predictor
-
     return Predictor.load(bentoml.models.get(classifier_tag), None, warm_up_batch=4)
 
 
