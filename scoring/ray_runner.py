@@ -13,10 +13,13 @@ not resume: an interrupted one is started over.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +31,13 @@ from scoring.sources import ColumnMap, InputError, Source
 
 if TYPE_CHECKING:
     import keras
+
+
+#: What a client lacking the cluster's token is told (Ray's token authentication is on by
+#: default where `ray start --head` finds a token, and a client joining an address must
+#: bring the token itself).
+TOKEN_HINT = ("it requires its token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the "
+              "cluster's token (`ray get-auth-token` on its head node prints it)")
 
 
 class RayRunError(RuntimeError):
@@ -45,13 +55,46 @@ def connect(address: str) -> bool:
     if ray.is_initialized():
         return False
     _check_listening(address)
-    try:
-        # no runtime_env: the cluster's idle workers can then host the actors
-        ray.init(address=address, logging_level=logging.WARNING)
-    except Exception as error:  # Ray raises ConnectionError, RuntimeError, ValueError...
-        raise InputError(f"cannot join the Ray cluster at {address}: "
-                         f"{_first_line(error)}") from None
+    # Ray's core logs every refused attempt to the process's stderr: kept aside, and
+    # passed on only when joining works
+    with tempfile.TemporaryFile("w+") as ray_output:
+        try:
+            with _stderr_to(ray_output):
+                # no runtime_env: the cluster's idle workers can then host the actors
+                ray.init(address=address, logging_level=logging.WARNING)
+        except Exception as error:  # Ray raises ConnectionError, RuntimeError, ValueError...
+            raise InputError(f"cannot join the Ray cluster at {address}: "
+                             f"{TOKEN_HINT if _refused_token(error) else _first_line(error)}"
+                             ) from None
+        ray_output.seek(0)
+        sys.stderr.write(ray_output.read())
     return True
+
+
+@contextlib.contextmanager
+def _stderr_to(stream) -> Iterator[None]:
+    """File descriptor 2 (where native code writes) goes to ``stream`` inside."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(stream.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _refused_token(error: BaseException) -> bool:
+    """Whether the cluster refused to join for want of its token (token authentication,
+    on by default for clusters that ``ray start --head`` starts where a token exists)."""
+    from ray.exceptions import AuthenticationError
+
+    while error is not None:
+        if isinstance(error, AuthenticationError) or "InvalidAuthToken" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _check_listening(address: str) -> None:

@@ -84,9 +84,15 @@ def wait_ready(get, timeout: float = 180) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(classifier_tag, generator_tag, tmp_path_factory) -> str:
-    """Base URL of a real ``bentoml serve`` on loopback (its log: serve.log beside)."""
-    with served(classifier_tag, tmp_path_factory.mktemp("server")) as url:
+def server_log(tmp_path_factory) -> Path:
+    """The real server's output."""
+    return tmp_path_factory.mktemp("server") / "serve.log"
+
+
+@pytest.fixture(scope="session")
+def server(classifier_tag, generator_tag, server_log) -> str:
+    """Base URL of a real ``bentoml serve`` on loopback (its output: ``server_log``)."""
+    with served(classifier_tag, server_log.parent) as url:
         yield url
 
 

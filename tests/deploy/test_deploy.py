@@ -92,7 +92,9 @@ def test_kubernetes_manifests_fit_the_image_and_the_settings():
                                                 documents["Deployment"]["metadata"]["name"])
 
 
-@pytest.mark.parametrize("path", ["deploy/container-smoke.sh", ".ci/run"])
+@pytest.mark.parametrize("path", ["deploy/lib.sh", "deploy/container-smoke.sh",
+                                  "deploy/check-serving.sh", "deploy/check-ray-cluster.sh",
+                                  ".ci/run"])
 def test_scripts_are_valid_bash(path):
     result = subprocess.run(["bash", "-n", str(REPOSITORY / path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

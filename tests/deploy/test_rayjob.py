@@ -91,3 +91,16 @@ def test_the_image_is_clean_under_hadolint():
     result = subprocess.run([hadolint, "--no-color", "--failure-threshold", "error",
                              str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_ray_process_of_the_job_gets_the_clusters_token_from_one_secret():
+    """Token authentication: head, workers and the submitting pod share RAY_AUTH_MODE=token
+    and RAY_AUTH_TOKEN from one Secret, which the driver (uq-score, on the head) inherits."""
+    job = documents()["RayJob"]
+    submitter = job["spec"]["submitterPodTemplate"]["spec"]
+    for spec in [*pod_specs(job), submitter]:
+        env = {item["name"]: item for item in spec["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "uq-score-ray-token", "key": "auth_token"}
+    assert "kubectl create secret generic uq-score-ray-token" in MANIFEST.read_text()

@@ -2,11 +2,14 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from scoring.cli import main
 from scoring.output import SUMMARY
+from tests.conftest import REPOSITORY
 from tests.scoring.conftest import digits_rows, scores, without_runner, write_images, write_npz
 
 pytestmark = [pytest.mark.ray,
@@ -46,3 +49,26 @@ def test_ray_scores_equal_the_local_run_bit_for_bit(ray_cluster, classifier_tag,
     if kind == "images":
         assert remote["unreadable"]["rows"] == [
             {"id": "002.png", "error": "not a readable PNG or JPEG image"}]
+
+
+@pytest.mark.parametrize("mode", [None, "token"], ids=["no-auth-mode", "no-token"])
+def test_a_client_without_the_clusters_token_is_told_what_to_set(ray_cluster, classifier_tag,
+                                                                 tmp_path, mode):
+    """The local cluster has token authentication (Ray's default); uq-score in another
+    process, with no token in its environment or home, fails in one line that says what to
+    set, rather than Ray's retries and 'Failed to connect'."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH_")}
+    env.update(HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0",
+               RAY_gcs_server_port_wait_time_s="2")  # Ray's joining attempts: 2, not 20
+    if mode:
+        env["RAY_AUTH_MODE"] = mode
+    source = write_npz(tmp_path / "rows.npz", digits_rows(4))
+    result = subprocess.run(
+        [sys.executable, "-m", "scoring.cli", "--model", classifier_tag, "--input", source,
+         "--output", str(tmp_path / "out"), "--ray-address", ray_cluster, "--no-progress"],
+        cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"uq-score: error: cannot join the Ray cluster at {ray_cluster}: it requires its token: "
+        "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` "
+        "on its head node prints it)")
