@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from commandline.arguments import OneLineErrorParser, fail
-from loadtest.server import add_service_options
+from loadtest.server import ServerError, add_service_options, against_service
+from training.data import load_dataset
+from training.ood import ood_sets
 
 PROG = "python -m loadtest.drift_replay"
 DETECTION_TARGET = 200
@@ -68,9 +70,6 @@ def predict_one(client, image: np.ndarray, n_samples: int | None) -> None:
 
 def replay(host: str, args: argparse.Namespace) -> dict[str, Any]:
     import httpx
-
-    from training.data import load_dataset
-    from training.ood import ood_sets
 
     with httpx.Client(base_url=host, timeout=60) as client:
         card = client.post("/metadata", json={}).json()
@@ -121,8 +120,6 @@ def replay(host: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from loadtest.server import ServerError, against_service
-
     args = build_parser().parse_args(argv)
     if min(args.test_requests, args.shifted_requests, args.poll_every) < 1:
         return fail(PROG, "--test-requests, --shifted-requests and --poll-every must be >= 1")

@@ -24,7 +24,10 @@ from typing import Any
 import numpy as np
 
 from commandline.arguments import OneLineErrorParser, fail, sample_counts
-from loadtest.server import add_service_options
+from loadtest.server import ServerError, add_service_options, against_service
+from training.data import load_dataset
+from training.evaluation import decision_metrics
+from training.ood import ood_sets
 
 PROG = "python -m loadtest.guarantees"
 
@@ -59,8 +62,6 @@ def predictions(client, images: np.ndarray, n_samples: int, batch: int) -> list[
 def judged(answers: list[dict], labels: np.ndarray | None, class_names: list[str]) -> dict:
     """The guarantees' figures of ``answers``; without labels, only how often each
     reason flags."""
-    from training.evaluation import decision_metrics
-
     error_risk = np.array(["error_risk" in a["risk"]["reasons"] for a in answers])
     novel = np.array(["novelty" in a["risk"]["reasons"] for a in answers])
     if labels is None:
@@ -76,9 +77,6 @@ def judged(answers: list[dict], labels: np.ndarray | None, class_names: list[str
 
 def check(host: str, args: argparse.Namespace) -> dict[str, Any]:
     import httpx
-
-    from training.data import load_dataset
-    from training.ood import ood_sets
 
     with httpx.Client(base_url=host, timeout=300) as client:
         card = client.post("/metadata", json={}).json()
@@ -130,8 +128,6 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from loadtest.server import ServerError, against_service
-
     args = build_parser().parse_args(argv)
     try:
         report = against_service(args.host, args.model, args.output.parent,

@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from commandline.arguments import OneLineErrorParser, fail, sample_counts
+from loadtest.report import write_report
 from loadtest.server import ServerError, check_loopback, served
+from training.data import load_dataset
 
 AUTO = "auto"
 
@@ -185,8 +187,6 @@ def histogram_change(before: dict[str, float], after: dict[str, float]) -> dict[
 
 
 def sweep(host: str, args: argparse.Namespace, paths: tuple[str, ...]) -> list[dict[str, Any]]:
-    from training.data import load_dataset
-
     card = fetch_card(host)
     images = load_dataset(card["dataset"]).x_test[:IMAGES]
     rows = []
@@ -220,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
             rows = sweep(args.host, args, paths)
     except (LoadTestError, ServerError, ValueError) as error:
         return fail("uq-loadtest", str(error))
-    from loadtest.report import write_report
 
     write_report(rows, evaluation, args.latency_budget_ms, args.output_dir)
     print((args.output_dir / "tradeoff.md").read_text())

@@ -22,7 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from artifacts.store import MODEL_FILE, CardError, load_classifier, read_card
 from commandline.arguments import OneLineErrorParser, fail, integer_at_least, positive_integer
+from service.inputs import InputSpec
 
 PROG = "uq-score"
 #: Rows per chunk (one local shard) by default, lowered so that a chunk's float32
@@ -80,15 +82,16 @@ def default_chunk_rows(input_size: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from scoring.sources import InputError, check_exists
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return fail(PROG, "uq-score needs pyarrow: pip install 'uq-serving[ray]'")
+    from scoring.sources import InputError, check_exists  # pyarrow: checked just above
 
     try:
         check_exists(args.input)  # before the model loads: a typo fails in a second
-        import pyarrow  # noqa: F401
     except InputError as error:
         return fail(PROG, str(error))
-    except ImportError:
-        return fail(PROG, "uq-score needs pyarrow: pip install 'uq-serving[ray]'")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return _run(args)
@@ -104,8 +107,7 @@ def stored_classifier(tag: str):
     driver ships the entry's ``.keras`` file and never runs the model). Raises InputError."""
     import bentoml
 
-    from artifacts.store import CardError, read_card
-    from scoring.sources import InputError
+    from scoring.sources import InputError  # pyarrow: the ray extra
 
     try:
         model_ref = bentoml.models.get(tag)
@@ -118,9 +120,9 @@ def stored_classifier(tag: str):
 
 
 def _run(args: argparse.Namespace) -> int:
+    # pyarrow: the ray extra, which main checks for
     from scoring.output import SUMMARY, prepare, summarize_scores, write_json, written_shards
     from scoring.sources import InputError, open_source
-    from service.inputs import InputSpec
 
     started = time.perf_counter()
     model_ref, card, tag = stored_classifier(args.model)
@@ -164,11 +166,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _score_locally(args, model_ref, card, tag, source, n_samples, chunk_rows, state) -> dict:
     """Score in this process; the runner's facts for summary.json."""
-    from artifacts.store import load_classifier
+    # import TensorFlow: only when scoring in this process
     from scoring.local import run_local
     from scoring.scorer import Scorer
     from scoring.sources import InputError
-    from uncertainty.engine import configure_tensorflow_threads
+    from uncertainty.mc import configure_tensorflow_threads
 
     configure_tensorflow_threads()
     model, card, tag = load_classifier(model_ref)
@@ -184,7 +186,7 @@ def _score_on_ray(args, model_ref, card, tag, source, n_samples, chunk_rows, sta
                   ) -> dict | None:
     """Score on the Ray cluster at --ray-address; the runner's facts for summary.json, or
     None after a one-line report of a failed Ray job."""
-    from artifacts.store import MODEL_FILE
+    # pyarrow and Ray: the ray extra
     from scoring.output import SCORES
     from scoring.ray_runner import RayRunError, connect, disconnect, run_ray
     from scoring.sources import InputError

@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from artifacts.cards import ModelCard
 from scoring.output import PARQUET_OPTIONS, SCORES
 from scoring.sources import ColumnMap, InputError, Source
 
 if TYPE_CHECKING:
     import keras
-
-    from artifacts.cards import ModelCard
 
 
 #: What a client lacking the cluster's token is told (Ray's token authentication is on by
@@ -172,9 +171,9 @@ class RayScorer:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import ray
 
-        from artifacts.cards import ModelCard
+        # import TensorFlow: in the Ray worker, not the driver
         from scoring.scorer import Scorer
-        from uncertainty.engine import configure_tensorflow_threads
+        from uncertainty.mc import configure_tensorflow_threads
 
         configure_tensorflow_threads(threads)
         keras_model = _keras_model(ray.get(model[0]))

@@ -30,7 +30,7 @@ import pyarrow as pa
 from scoring.sources import decode
 from service.inputs import InputSpec
 from uncertainty.calibration import REASONS, decide
-from uncertainty.engine import splitmix64_numpy
+from uncertainty.mc import MCEngine, splitmix64_numpy
 from uncertainty.summary import summarize
 
 if TYPE_CHECKING:
@@ -101,8 +101,6 @@ class Scorer:
 
     def __init__(self, model: keras.Model, card: ModelCard, tag: str, n_samples: int,
                  seed: int, batch_size: int | None = None) -> None:
-        from uncertainty.engine import MCEngine
-
         self.engine = MCEngine(model)
         self.card, self.tag = card, tag
         self.n_samples, self.seed = n_samples, seed

@@ -82,6 +82,11 @@ class TooManyRequests(BentoMLException):
         self.retry_after = whole_seconds(retry_after_seconds)
 
 
+def current_service() -> Any:
+    """The service instance this process serves, once BentoML has created it."""
+    return bentoml.get_current_service()
+
+
 def whole_seconds(seconds: float) -> int:
     """A Retry-After value: whole seconds, at least 1 (HTTP's Retry-After takes an
     integer)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 #: Requests in flight the door always lets in: a quiet service never refuses a burst
 #: of this many (the scheduler still refuses work its engine cannot do in time).
@@ -38,14 +39,16 @@ class Door:
     #: The most requests in flight lately decays with this half-life (seconds).
     CROWD_HALF_LIFE = 1.0
 
-    def __init__(self, max_latency: float, share: float = SHARE) -> None:
+    def __init__(self, max_latency: float, share: float = SHARE,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.max_latency = max_latency
         self.share = share
+        self.clock = clock
         self.in_flight = 0
-        self._crowd, self._crowd_at = 0.0, time.perf_counter()
+        self._crowd, self._crowd_at = 0.0, clock()
         self._peak = 0.0  # answers per second, at the last window's end
         self._answers = 0  # in the current window
-        self._window_start = time.perf_counter()
+        self._window_start = clock()
 
     @property
     def limit(self) -> int:
@@ -53,7 +56,7 @@ class Door:
 
     def speed(self) -> float:
         """The most answers per second lately (the peak of short windows, decaying)."""
-        now = time.perf_counter()
+        now = self.clock()
         elapsed = now - self._window_start
         decay = 0.5 ** (elapsed / self.PEAK_HALF_LIFE)
         if elapsed >= self.WINDOW:
@@ -78,7 +81,7 @@ class Door:
     def crowd(self) -> float:
         """The most requests in flight lately (decaying): requests that arrive in waves
         are counted whole, even by the first of a wave."""
-        now = time.perf_counter()
+        now = self.clock()
         self._crowd *= 0.5 ** ((now - self._crowd_at) / self.CROWD_HALF_LIFE)
         self._crowd, self._crowd_at = max(self._crowd, self.in_flight), now
         return self._crowd

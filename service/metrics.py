@@ -1,24 +1,21 @@
 """Prometheus metrics, all prefixed ``uq_``; BentoML serves them at /metrics, beside
 its own ``bentoml_service_*`` request counts and durations. The routes record
-them around each predictor call (:func:`observe_predictions`), which also hands
-the predictions to the observer the service sets (service/monitoring.py: drift
-and the prediction log). Gauges keep the largest value of the live worker
+them around each predictor call (:func:`observe_predictions`); the service then hands
+the predictions to monitoring (service/monitoring.py: drift and the prediction log).
+Gauges keep the largest value of the live worker
 processes (``livemax``): Prometheus's multiprocess mode, which BentoML uses."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from service.schemas import Prediction
 
-    Observer = Callable[[str, Sequence[Prediction], float, np.ndarray | None], Any]
 
 REQUESTS = Counter(
     "uq_requests", "HTTP requests by endpoint and outcome (ok, client_error, server_error)",
@@ -107,22 +104,9 @@ MONITORING_DROPPED = Counter(
     "saw: the monitoring queue was full",
 )
 
-_observer: Observer | None = None
-
-
-def set_observer(observer: Observer | None) -> None:
-    """The callable that every observe_predictions call hands its predictions to."""
-    global _observer
-    _observer = observer
-
-
-def observe_predictions(
-    endpoint: str, predictions: Sequence[Prediction], seconds: float, *,
-    inputs: np.ndarray | None = None,
-) -> None:
+def observe_predictions(endpoint: str, predictions: Sequence[Prediction], seconds: float) -> None:
     """One request's predictions, drawn in ``seconds`` of engine rounds: flags, scores and
-    sample counts. The observer gets them too, with, when given, the inputs
-    ``[batch, *input_shape]``."""
+    sample counts."""
     ENGINE_SECONDS.observe(seconds)
     PREDICTIONS.labels(endpoint).inc(len(predictions))
     FLAGGED.labels(endpoint).inc(sum(p.risk.flagged for p in predictions))
@@ -133,5 +117,3 @@ def observe_predictions(
     for prediction in predictions:
         RISK_SCORE.labels(prediction.risk.metric).observe(prediction.risk.score)
         N_SAMPLES.observe(prediction.n_samples)
-    if _observer is not None:
-        _observer(endpoint, predictions, seconds, inputs)

@@ -28,8 +28,6 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bentoml import get_current_service  # once: bentoml resolves its names on each access
-
 from service import metrics, request_ids
 from service.adapter import error_message, form_problem, whole_seconds
 
@@ -39,7 +37,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 JSON_ROUTES = ("/predict", "/predict_batched", "/metadata", "/generate", "/feedback", "/drift")
 PROBE_ROUTES = ("/livez", "/readyz", "/healthz", "/metrics")
-#: The Open Inference Protocol app (service/oip.py) checks and shapes its own requests.
+#: The Open Inference Protocol app (service/oip/) checks and shapes its own requests.
 OWN_CHECKS_PREFIX = "/v2"
 MULTIPART_ROUTES = ("/predict_image",)
 PREDICTION_ROUTES = ("/predict", "/predict_batched", "/predict_image", "/generate")
@@ -50,8 +48,11 @@ DRAIN_FACTOR, DRAIN_AT_LEAST = 4, 16 * 2**20
 
 
 class ServiceMiddleware:
-    def __init__(self, app, max_body_bytes: int) -> None:
+    """``service()`` returns the service instance: its readiness and its door."""
+
+    def __init__(self, app, max_body_bytes: int, service: Callable[[], Any]) -> None:
         self.app = app
+        self.service = service
         self.max_body_bytes = max_body_bytes
         self.drain_limit = drain_limit(max_body_bytes)
 
@@ -84,7 +85,7 @@ class ServiceMiddleware:
         if scope["method"] != "POST":
             await self.app(scope, receive, responder)
             return
-        if not get_current_service().__is_ready__():
+        if not self.service().__is_ready__():
             await self._refuse(receive, responder, 503, "the model is still loading; retry "
                                "once /readyz answers 200")
             return
@@ -112,7 +113,7 @@ class ServiceMiddleware:
         if path not in PREDICTION_ROUTES:
             await self.app(scope, _replay(body, receive), responder)
             return
-        door = get_current_service().door
+        door = self.service().door
         refusal = door.refusal()
         if refusal:  # before BentoML parses the body: a tenth of the cost of a late refusal
             retry_after = whole_seconds(door.retry_after())

@@ -1,8 +1,8 @@
 """What happens to predictions after they are answered: the drift detector and the
 prediction log, off the request's path.
 
-A route's predictor call hands its predictions to :meth:`Monitoring.observe`
-(through ``metrics.observe_predictions``), which only queues them; a background
+The service hands each request's predictions to :meth:`Monitoring.observe` (and their
+counts to ``metrics.observe_predictions``); observe only queues them, and a background
 thread takes the queue every :data:`FLUSH_SECONDS`:
 
 - The drift detector (:mod:`uncertainty.drift`) gets every prediction at a
@@ -102,8 +102,8 @@ class Monitoring:
 
     def observe(self, endpoint: str, predictions: Sequence[Prediction], seconds: float,
                 inputs: np.ndarray | None = None) -> None:
-        """Queue one request's predictions (metrics.observe_predictions' observer), with
-        the current request's id."""
+        """Queue one request's predictions, with the current request's id and, when given,
+        the inputs ``[batch, *input_shape]``."""
         if len(self.queue) >= QUEUE_LIMIT:
             metrics.MONITORING_DROPPED.inc(len(predictions))
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from service.feedback import Signer, reason_bits
 from service.inputs import InputSpec
 from service.schemas import Prediction
 from uncertainty.calibration import decide
-from uncertainty.engine import MCEngine, configure_tensorflow_threads
+from uncertainty.mc import MCEngine, configure_tensorflow_threads
 from uncertainty.sequential import (
     AUTO,
     AutoCalibration,
@@ -47,13 +48,15 @@ class Predictor:
         self.signer = signer
 
     @classmethod
-    def load(cls, model_ref, default_samples: int | str | None, warm_up_batch: int
-             ) -> Predictor:
-        """Load model and card, build the engine, compile the usual programs."""
+    def load(cls, model_ref, default_samples: int | str | None, warm_up_batch: int,
+             signer: Callable[[str, int], Signer] | None = None) -> Predictor:
+        """Load model and card, build the engine, compile the usual programs. ``signer``
+        makes the feedback tokens' signer from the served tag and the number of classes."""
         started = time.perf_counter()
         configure_tensorflow_threads()
         model, card, tag = load_classifier(model_ref)
-        predictor = cls(MCEngine(model), card, tag, default_samples or card.default_n_samples)
+        predictor = cls(MCEngine(model), card, tag, default_samples or card.default_n_samples,
+                        signer(tag, len(card.class_names)) if signer else None)
         predictor.engine.warm_up(predictor.default_samples, warm_up_batch)
         if predictor.auto is not None and predictor.auto.stratified:
             predictor.engine.warm_up_stratified()

@@ -59,15 +59,11 @@ from typing import NamedTuple
 import numpy as np
 
 from service import metrics
+from service.latency import SLICE_ROWS, CostModel, Lateness, LoopLag
 from service.schemas import AUTO, Prediction
 from uncertainty.sequential import SequentialDraw, SequentialRun
 
 logger = logging.getLogger(__name__)
-
-#: Rows of one slice of a work: a round with a slice of a big request takes about
-#: 12 ms on the 2-core machine (benchmarks/overload.py measures the effect).
-SLICE_ROWS = 512
-
 
 class Overloaded(Exception):
     """429: the work cannot be admitted now; retry after ``retry_after`` seconds."""
@@ -101,7 +97,7 @@ class Work:
     x: np.ndarray  # [batch, *input_shape]
     n_samples: int | str | None
     choices: tuple[int, ...] = ()
-    deadline: float | None = None  # time.perf_counter() seconds
+    deadline: float | None = None  # self.clock() seconds
     seed: int | None = None
     risk_threshold: float | None = None
     return_samples: bool = False
@@ -115,7 +111,7 @@ class Work:
     predictions: list[Prediction] = dataclasses.field(default_factory=list)  # "auto"
     open_runs: int = 0  # its unseeded "auto" slices whose procedure is under way
     engine_seconds: float = 0.0  # rounds it took part in
-    predicted_finish: float = 0.0  # time.perf_counter() seconds, by the cost model alone
+    predicted_finish: float = 0.0  # self.clock() seconds, by the cost model alone
     future: asyncio.Future | None = None
     cancelled: bool = False
 
@@ -155,87 +151,6 @@ class _Drawn(NamedTuple):
     works: list[Work]
 
 
-class CostModel:
-    """Seconds of one round of ``rows`` engine rows: ``overhead + per_row * rows``, fitted
-    online by least squares that weigh the last ``memory`` rounds most, kept near a
-    prior (two pseudo-rounds) until rounds of different sizes have been seen. The
-    per-prediction work (summary, risk, the response object) is counted per row: a
-    term per instance could not be told apart from the one per row while requests share
-    one N, and a budget then took large N for free."""
-
-    def __init__(self, overhead: float = 0.002, per_row: float = 2.5e-5,
-                 memory: int = 500) -> None:
-        self.decay = 1 - 1 / memory
-        prior = np.array([overhead, per_row])
-        points = np.array([[1, 1], [1, SLICE_ROWS]], dtype=float)
-        self._prior_gram = points.T @ points
-        self._prior_moment = points.T @ (points @ prior)
-        self._gram = np.zeros((2, 2))  # decayed sum of features x features^T
-        self._moment = np.zeros(2)  # decayed sum of features x seconds
-        self.coefficients = prior
-
-    def observe(self, rows: float, seconds: float) -> None:
-        features = np.array([1.0, rows])
-        self._gram = self.decay * self._gram + np.outer(features, features)
-        self._moment = self.decay * self._moment + features * seconds
-        solved = np.linalg.solve(self._gram + self._prior_gram,
-                                 self._moment + self._prior_moment)
-        self.coefficients = np.maximum(solved, [0.0, 1e-7])
-
-    def seconds(self, rounds: int, rows: float) -> float:
-        overhead, per_row = self.coefficients
-        return rounds * overhead + rows * per_row
-
-
-class LoopLag:
-    """How late the event loop runs a timer: about what a request that has just reached
-    the service waited before its first step (reading and parsing it come after), which
-    no request can measure for itself. An exponentially weighted mean of probes every
-    ``PERIOD`` seconds, each weighing ``WEIGHT``."""
-
-    PERIOD = 0.005
-    WEIGHT = 0.2
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    async def watch(self) -> None:
-        while True:
-            started = time.perf_counter()
-            await asyncio.sleep(self.PERIOD)
-            late = time.perf_counter() - started - self.PERIOD
-            self.seconds += self.WEIGHT * (late - self.seconds)
-
-
-class Lateness:
-    """How much later than the cost model predicted works finish (the event loop's time
-    for reading, checking and answering requests, which no round measures): a running
-    ``QUANTILE`` of (finished - predicted), added to every prediction, so that budgets
-    are met about that often (with 32 clients and 50 ms budgets, 0.95 gave 88% of the
-    answers within the budget, 0.99 93%, 0.995 97%: benchmarks/overload.py). A
-    stochastic quantile estimate: each observation moves it up by ``QUANTILE * STEP``
-    seconds if late, down by ``(1 - QUANTILE) * STEP`` otherwise."""
-
-    QUANTILE = 0.995
-    STEP = 0.002
-    #: Without observations (nothing admitted, nothing finishing) the estimate halves
-    #: every this many seconds, so that a refusing service learns again.
-    HALF_LIFE = 1.0
-
-    def __init__(self) -> None:
-        self._estimate = 0.0
-        self._at = time.perf_counter()
-
-    @property
-    def seconds(self) -> float:
-        return self._estimate * 0.5 ** ((time.perf_counter() - self._at) / self.HALF_LIFE)
-
-    def observe(self, late: float) -> None:
-        estimate = self.seconds
-        self._estimate = estimate + self.STEP * (self.QUANTILE - (late <= estimate))
-        self._at = time.perf_counter()
-
-
 @dataclasses.dataclass
 class _Round:
     started: float
@@ -248,8 +163,11 @@ class Scheduler:
 
     def __init__(self, predictor, *, max_rows: int, max_instances: int,
                  max_queued_rows: int, max_latency: float,
-                 crowd: Callable[[], float] = lambda: 0) -> None:
+                 crowd: Callable[[], float] = lambda: 0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.predictor = predictor
+        #: the seconds of rounds, admissions and deadlines (Work.arrived and deadline too)
+        self.clock = clock
         #: the most prediction requests received and not answered lately (service/door.py)
         self.crowd = crowd
         self.max_rows = max_rows
@@ -264,8 +182,8 @@ class Scheduler:
         self._arrived = False
         self._long_last = False  # whether the last round held slices of long works
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="uq-engine")
-        self.lag = LoopLag()
-        self.lateness = Lateness()
+        self.lag = LoopLag(clock)
+        self.lateness = Lateness(clock)
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -291,7 +209,7 @@ class Scheduler:
             for work in works:
                 work.cancelled = True
             raise
-        finished = time.perf_counter()
+        finished = self.clock()
         for work in works:
             self.lateness.observe(finished - work.predicted_finish)
         return results
@@ -299,7 +217,7 @@ class Scheduler:
     # admission
 
     def _admit(self, works: Sequence[Work]) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         ahead = self._ahead()
         queued = sum(rows for rows, _, _ in ahead)
         for work in works:
@@ -429,7 +347,7 @@ class Scheduler:
         if self._round is None:
             return 0.0
         expected = self.costs.seconds(1, self._round.rows)
-        return max(0.0, self._round.started + expected - time.perf_counter())
+        return max(0.0, self._round.started + expected - self.clock())
 
     def _drain_seconds(self) -> float:
         """Seconds until the queued work is drawn: the Retry-After of a refusal."""
@@ -448,7 +366,7 @@ class Scheduler:
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            # requests the loop has read and not yet handed over join this round
+            # requests the loop has read and not yet handed over join the round taken next
             await asyncio.sleep(0)
             pieces = self._next_round()
             if not pieces and not self._runs:
@@ -458,19 +376,19 @@ class Scheduler:
             rows = sum(piece.rows for _, piece in pieces)
             instances = (sum(piece.instances for _, piece in pieces)  # new, and still open
                          + sum(len(run.run.active) for run in self._runs))
-            self._round = _Round(time.perf_counter(), rows)
+            self._round = _Round(self.clock(), rows)
             metrics.BATCH_SIZE.observe(instances)
             metrics.QUEUED_ROWS.set(self.queued_rows)
             try:
                 drawn = await loop.run_in_executor(self._executor, self._draw, pieces)
-            except Exception as error:  # a server fault: fail this round's works, go on
+            except Exception as error:  # a server fault: fail the round's works, go on
                 logger.exception("an engine round failed")
                 self._fail({work for work, _ in pieces}
                            | {work for run in self._runs for work in run.works}, error)
                 self._runs = []
                 continue
             finally:
-                elapsed = time.perf_counter() - self._round.started
+                elapsed = self.clock() - self._round.started
                 self._round = None
             self.costs.observe(drawn.rows, elapsed)
             for work in drawn.works:

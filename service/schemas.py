@@ -1,21 +1,19 @@
 """Request and response schemas: the structure of the JSON, and the instance checks.
 
-Instances are checked against the served model's input spec (shape, value
-range), which the loaded predictor holds: the validators ask the current
-service for it. Until the model is loaded the middleware answers 503, so they
-never run before it. Each failed check raises ``ValueError`` with a message that
-names what was expected; pydantic prefixes the field's location.
+Instances are checked against the served model's input spec (shape, value range):
+:func:`request_schemas` builds the bodies that carry instances from the served card
+when the service starts. Each failed check raises ``ValueError`` with a message that
+names what was expected; pydantic prefixes the field's location. Whether the served
+card is calibrated for n_samples "auto" is the service's to check, with its predictor.
 
 The OpenAPI document (/docs.json, OpenAPI 3.0 written by BentoML) states the
-constraints too, so that clients and fuzzers build requests that reach the
-checks: the instance shape and value range once the service module has called
-:func:`describe_instances` with the served card's spec, and the ranges of the
-other fields.
+constraints too, so that clients and fuzzers build requests that reach the checks:
+the instance shape and value range, and the ranges of the other fields.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import (
@@ -48,12 +46,8 @@ _N_SAMPLES = TypeAdapter(NSamples)
 
 
 def _count_or_auto(value: Any, handler: ValidatorFunctionWrapHandler) -> int | str:
-    """An NSamples, or exactly "auto" when the served card is calibrated for it; one
-    message that says both."""
+    """An NSamples, or exactly "auto"; one message that says both."""
     if isinstance(value, str) and value == AUTO:
-        if served_auto() is None:
-            raise ValueError('"auto" needs a model card calibrated for it; recalibrate with '
-                             "uq-calibrate --model TAG, or give an integer")
         return AUTO
     try:
         return _N_SAMPLES.validate_python(value)
@@ -124,39 +118,6 @@ class SampleChoice(BaseModel):
         return self
 
 
-def served_auto() -> Any:
-    """The served card's calibration of "auto" (uncertainty.sequential.AutoCalibration),
-    or None."""
-    import bentoml
-
-    predictor = bentoml.get_current_service().predictor
-    return None if predictor is None else predictor.card.auto_calibration
-
-
-def served_input() -> InputSpec:
-    """The input spec of the model this process serves."""
-    import bentoml  # here: locust's processes import these schemas, not the service
-
-    predictor = bentoml.get_current_service().predictor
-    if predictor is None:  # the middleware answers 503 before this can happen
-        raise ValueError("the model is still loading; retry once /readyz answers 200")
-    return predictor.spec
-
-
-#: The JSON schema of one instance of the served model, once :func:`describe_instances`
-#: has stated it; the instance fields' schemas read it when the document is generated.
-_INSTANCE_SCHEMA: dict[str, Any] = {}
-
-
-def describe_instances(spec: InputSpec) -> None:
-    """State the served model's instance shape and value range in the OpenAPI document
-    (/docs.json), so that clients and fuzzers can build valid instances. The service
-    module calls it at import with the served card's spec; until then the document says
-    "a list". The checks do not read it: the validators ask the loaded predictor."""
-    _INSTANCE_SCHEMA.clear()
-    _INSTANCE_SCHEMA.update(instance_json_schema(spec))
-
-
 def instance_json_schema(spec: InputSpec) -> dict[str, Any]:
     """One instance: ``spec.size`` numbers, or nested lists shaped ``spec.input_shape``,
     each within the value range."""
@@ -174,18 +135,6 @@ def instance_json_schema(spec: InputSpec) -> dict[str, Any]:
 
 def _fixed_length_array(items: dict[str, Any], length: int) -> dict[str, Any]:
     return {"type": "array", "items": items, "minItems": length, "maxItems": length}
-
-
-def _state_instance(schema: dict[str, Any]) -> None:
-    """One instance's schema in place of the ways it is read (:class:`_ReadAsNumbers`)."""
-    schema.pop("anyOf", None)
-    schema.update(_INSTANCE_SCHEMA or {"type": "array"})
-
-
-def _state_instances(schema: dict[str, Any]) -> None:
-    schema.pop("anyOf", None)
-    schema.update({"type": "array", "items": dict(_INSTANCE_SCHEMA), "minItems": 1,
-                   "maxItems": settings.max_instances})
 
 
 def _nested_numbers(depth: int) -> core_schema.CoreSchema:
@@ -223,51 +172,70 @@ class _ReadAsNumbers:
         return core_schema.union_schema([*ways, core_schema.any_schema()], mode="left_to_right")
 
 
-def _checked_instance(raw: np.ndarray | Any) -> np.ndarray:
-    spec = served_input()
-    return spec.parse_numbers(raw) if isinstance(raw, np.ndarray) else spec.parse(raw)
+class RequestSchemas(NamedTuple):
+    """The request bodies that carry instances, for one served model."""
+
+    predict_request: type[SampleChoice]
+    batch_item: type[SampleChoice]
 
 
-def _checked_instances(raw: np.ndarray | Any) -> np.ndarray:
-    if not isinstance(raw, np.ndarray | list):
-        raise ValueError(f"expected a list of instances, got {json_type(raw)}")
-    if not 1 <= len(raw) <= settings.max_instances:
-        raise ValueError(f"expected at least 1 item and at most {settings.max_instances} "
-                         f"items (instances), got {len(raw)}")
-    spec = served_input()
-    return spec.parse_batch(raw) if isinstance(raw, np.ndarray) else spec.parse_all(raw)
+def request_schemas(spec: InputSpec) -> RequestSchemas:
+    """The bodies that carry instances of ``spec``, the served card's: checked against it
+    and described by it in the OpenAPI document."""
+    instance_schema = instance_json_schema(spec)
 
+    def state_instance(schema: dict[str, Any]) -> None:
+        """One instance's schema in place of the ways it is read (:class:`_ReadAsNumbers`)."""
+        schema.pop("anyOf", None)
+        schema.update(instance_schema)
 
-class PredictRequest(SampleChoice):
-    """``POST /predict``: only ``instances`` is required."""
+    def state_instances(schema: dict[str, Any]) -> None:
+        schema.pop("anyOf", None)
+        schema.update({"type": "array", "items": dict(instance_schema), "minItems": 1,
+                       "maxItems": settings.max_instances})
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    def checked_instance(raw: np.ndarray | Any) -> np.ndarray:
+        return spec.parse_numbers(raw) if isinstance(raw, np.ndarray) else spec.parse(raw)
 
-    instances: Annotated[
-        list[Any],
-        _ReadAsNumbers(3, 2, 4),  # instances shaped in 2-D, flat, shaped in 3-D
-        Field(description="raw pixel values, each instance flat or shaped",
-              json_schema_extra=_state_instances),
-        AfterValidator(_checked_instances),
-    ]
-    seed: Seed | None = Field(None, description="the same seed gives the same answer")
-    risk_threshold: float | None = Field(
-        None, ge=0, allow_inf_nan=False, description="override the card's risk threshold"
-    )
-    return_samples: StrictBool = Field(
-        False, description=f"include every sample's probabilities (at most "
-        f"{MAX_RETURNED_SAMPLES} samples)"
-    )
+    def checked_instances(raw: np.ndarray | Any) -> np.ndarray:
+        if not isinstance(raw, np.ndarray | list):
+            raise ValueError(f"expected a list of instances, got {json_type(raw)}")
+        if not 1 <= len(raw) <= settings.max_instances:
+            raise ValueError(f"expected at least 1 item and at most {settings.max_instances} "
+                             f"items (instances), got {len(raw)}")
+        return spec.parse_batch(raw) if isinstance(raw, np.ndarray) else spec.parse_all(raw)
 
+    class PredictRequest(SampleChoice):
+        """``POST /predict``: only ``instances`` is required."""
 
-class BatchItem(SampleChoice):
-    """One item of ``POST /predict_batched``."""
+        model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+        instances: Annotated[
+            list[Any],
+            _ReadAsNumbers(3, 2, 4),  # instances shaped in 2-D, flat, shaped in 3-D
+            Field(description="raw pixel values, each instance flat or shaped",
+                  json_schema_extra=state_instances),
+            AfterValidator(checked_instances),
+        ]
+        seed: Seed | None = Field(None, description="the same seed gives the same answer")
+        risk_threshold: float | None = Field(
+            None, ge=0, allow_inf_nan=False, description="override the card's risk threshold"
+        )
+        return_samples: StrictBool = Field(
+            False, description=f"include every sample's probabilities (at most "
+            f"{MAX_RETURNED_SAMPLES} samples)"
+        )
 
-    instance: Annotated[list[Any], _ReadAsNumbers(2, 1, 3),
-                        Field(json_schema_extra=_state_instance),
-                        AfterValidator(_checked_instance)]
+    class BatchItem(SampleChoice):
+        """One item of ``POST /predict_batched``."""
+
+        model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+        instance: Annotated[list[Any], _ReadAsNumbers(2, 1, 3),
+                            Field(json_schema_extra=state_instance),
+                            AfterValidator(checked_instance)]
+
+    return RequestSchemas(PredictRequest, BatchItem)
 
 
 class GenerateRequest(BaseModel):

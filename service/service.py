@@ -24,31 +24,36 @@ from typing import Annotated, Any
 import anyio
 import bentoml
 import numpy as np
+from bentoml import get_current_service  # once: bentoml resolves its names on each access
+from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from pydantic import Field, TypeAdapter
 
+from artifacts.cards import ModelCard
+from artifacts.store import read_card
 from service import adapter, metrics, request_ids
 from service.door import Door
 from service.feedback import Desk, Rejected, ReplayMemory, Signer
-from service.inputs import InputSpec
+from service.generation import Sampler
+from service.inputs import InputSpec, parse_image
 from service.middleware import ServiceMiddleware
-from service.oip import create_app as create_oip_app
+from service.monitoring import Monitoring
+from service.oip.app import ENDPOINT as OIP_ENDPOINT
+from service.oip.app import create_app as create_oip_app
 from service.scheduler import Overloaded, Scheduler, Work
 from service.schemas import (
     AUTO,
     MAX_RETURNED_SAMPLES,
-    BatchItem,
     FeedbackBody,
     FeedbackResponse,
     GenerateRequest,
     GenerateResponse,
     NSamplesOrAuto,
     Prediction,
-    PredictRequest,
     PredictResponse,
     SampleChoice,
     Seed,
-    describe_instances,
+    request_schemas,
 )
 from service.settings import settings
 from service.webui import create_app as create_ui_app
@@ -70,6 +75,41 @@ API_ROUTES = ("predict", "predict_batched", "predict_image", "metadata", "genera
               "feedback", "drift")
 
 
+def _served_card() -> ModelCard:
+    """The served model's card; stops start-up, in one line, when it cannot be served
+    as configured: a card without per-N calibration, a UQ_DEFAULT_SAMPLES it has no
+    calibration for, or a UQ_MAX_AUTO_SAMPLES other than the cap its "auto" was
+    calibrated with."""
+    card = read_card(bentoml.models.get(settings.model))
+    auto = card.auto_calibration
+    if settings.default_samples == "auto" and auto is None:
+        raise ValueError(
+            f'UQ_DEFAULT_SAMPLES=auto needs a card calibrated for "auto", and {settings.model}\'s '
+            f"is not: recalibrate with uq-calibrate --model {settings.model}"
+        )
+    if settings.max_auto_samples and settings.max_auto_samples != getattr(
+            auto, "max_samples", settings.max_auto_samples):
+        raise ValueError(
+            f"UQ_MAX_AUTO_SAMPLES={settings.max_auto_samples}, but the \"auto\" of "
+            f"{settings.model} was calibrated with at most {auto.max_samples} samples: unset it, "
+            f"or recalibrate with uq-calibrate --max-auto-samples {settings.max_auto_samples}"
+        )
+    if settings.default_samples not in (None, "auto", *card.calibrated_n_samples):
+        raise ValueError(
+            f"UQ_DEFAULT_SAMPLES={settings.default_samples} is not a calibrated N of "
+            f"{settings.model} ({', '.join(map(str, card.calibrated_n_samples))}); pick one "
+            "of these, or recalibrate with uq-calibrate --samples"
+        )
+    return card
+
+
+_SERVED_CARD = _served_card()
+#: The bodies that carry instances, checked against the served card's input spec and
+#: described by it in the OpenAPI document.
+PredictRequest, BatchItem = request_schemas(
+    InputSpec(tuple(_SERVED_CARD.input_shape), tuple(_SERVED_CARD.value_range)))
+
+
 class _MiddlewareOutside(bentoml.Service):
     """BentoML's service with the middleware (service/middleware.py) around BentoML's
     whole app, not among its middlewares: a request the middleware answers itself (a
@@ -81,7 +121,8 @@ class _MiddlewareOutside(bentoml.Service):
 
     def to_asgi(self, is_main: bool = True) -> Any:
         return ServiceMiddleware(super().to_asgi(is_main),
-                                 max_body_bytes=settings.max_body_bytes)
+                                 max_body_bytes=settings.max_body_bytes,
+                                 service=get_current_service)
 
 
 @bentoml.service(
@@ -111,12 +152,12 @@ class UQService:
 
     def _load(self) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
-        from service.generation import Sampler
         from service.predictor import Predictor  # imports TensorFlow: worker only
 
         try:
             predictor = Predictor.load(
-                self.model_ref, settings.default_samples, warm_up_batch=settings.batch_max_size
+                self.model_ref, settings.default_samples, warm_up_batch=settings.batch_max_size,
+                signer=_feedback_signer,
             )
             if settings.generator:
                 self.sampler = Sampler.load(self.generator_ref, predictor.spec)
@@ -136,18 +177,13 @@ class UQService:
     def _start_monitoring(self, predictor) -> None:
         """Feedback tokens on every prediction, the desk that redeems them, drift and the
         prediction log."""
-        from service.monitoring import Monitoring
-
-        key = settings.feedback_key.get_secret_value() if settings.feedback_key else None
-        card, max_age = predictor.card, settings.feedback_max_age_hours * 3600
-        predictor.signer = Signer(Signer.key_from(key), predictor.tag, len(card.class_names),
-                                  max_age)
-        self.feedback_desk = Desk(predictor.signer,
-                                  ReplayMemory(settings.feedback_replay_memory, max_age),
-                                  card.class_names)
+        card = predictor.card
+        self.feedback_desk = Desk(
+            predictor.signer,
+            ReplayMemory(settings.feedback_replay_memory, settings.feedback_max_age_hours * 3600),
+            card.class_names)
         self.monitoring = Monitoring(card, predictor.tag, log_predictions=settings.log_predictions,
                                      log_inputs=settings.log_inputs)
-        metrics.set_observer(self.monitoring.observe)
 
     def __is_ready__(self) -> bool:
         return self.predictor is not None
@@ -161,6 +197,10 @@ class UQService:
         ``min_samples``) the scheduler may pick from."""
         arrived = request_ids.started()
         choice = choice or SampleChoice()
+        if choice.n_samples == AUTO and self.predictor.auto is None:
+            raise adapter.BadRequest('n_samples: "auto" needs a model card calibrated for it; '
+                                     "recalibrate with uq-calibrate --model TAG, or give an "
+                                     "integer")
         n_samples, choices = choice.n_samples, ()
         minimum = choice.min_samples or 1
         most = MAX_RETURNED_SAMPLES if return_samples else settings.max_samples
@@ -193,11 +233,11 @@ class UQService:
         for work, predictions in zip(works, results, strict=True):
             for prediction in predictions:
                 prediction.budget_limited = work.budget_limited
-        metrics.observe_predictions(
-            endpoint, [p for predictions in results for p in predictions],
-            max(work.engine_seconds for work in works),
-            inputs=np.concatenate([work.x for work in works]),
-        )
+        predictions = [p for predictions in results for p in predictions]
+        seconds = max(work.engine_seconds for work in works)
+        metrics.observe_predictions(endpoint, predictions, seconds)
+        self.monitoring.observe(endpoint, predictions, seconds,
+                                np.concatenate([work.x for work in works]))
         return results
 
     @bentoml.api(route="/predict")
@@ -219,7 +259,12 @@ class UQService:
     ) -> list[Prediction]:
         """One prediction per item, in order; each item chooses its own N. Items of every
         request share engine calls (service/scheduler.py), whatever their N."""
-        works = [self.work(item.instance[None], item) for item in items]
+        works = []
+        for index, item in enumerate(items):
+            try:
+                works.append(self.work(item.instance[None], item))
+            except adapter.BadRequest as error:
+                raise adapter.BadRequest(f"items.{index}.{error.message}") from None
         results = await self.scheduled("predict_batched", works)
         return adapter.json_list_response(PREDICTIONS, [predictions[0] for predictions in results])
 
@@ -233,8 +278,6 @@ class UQService:
         return_samples: bool = False,
     ) -> PredictResponse:
         """A PNG or JPEG upload (multipart field ``image``), converted as the card says."""
-        from service.inputs import parse_image
-
         try:
             x = parse_image(str(image), self.predictor.spec)
         except ValueError as error:
@@ -321,6 +364,34 @@ class UQService:
                 **self.monitoring.drift_state()}
 
 
+def _served_predictor() -> Any:
+    """The predictor of the service this process serves (service.predictor.Predictor);
+    None until it has loaded."""
+    try:
+        return get_current_service().predictor
+    except BentoMLException:  # the service is not instantiated yet
+        return None
+
+
+async def _v2_predictions(
+    x: np.ndarray, choice: SampleChoice, seed: int | None, risk_threshold: float | None
+) -> tuple[list[Prediction], int | str]:
+    """The Open Inference Protocol's predictions for ``x`` ``[batch, *input_shape]``, and
+    the N they used ("auto": each row its own): through the scheduler (admission,
+    batching, latency budgets) with metrics, as every route."""
+    service = get_current_service()
+    work = service.work(x, choice, seed=seed, risk_threshold=risk_threshold)
+    [predictions] = await service.scheduled(OIP_ENDPOINT, [work])
+    return predictions, work.n_samples
+
+
+def _feedback_signer(tag: str, classes: int) -> Signer:
+    """The signer of the served model's feedback tokens (UQ_FEEDBACK_KEY, else a key of
+    this process)."""
+    key = settings.feedback_key.get_secret_value() if settings.feedback_key else None
+    return Signer(Signer.key_from(key), tag, classes, settings.feedback_max_age_hours * 3600)
+
+
 def _settle_garbage_collector() -> None:
     """TensorFlow and Keras leave ~400k long-lived objects: a full collection took
     290 ms, stalling every request in flight. Freeze them out of the collector's
@@ -332,42 +403,11 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
-def _check_served_card() -> None:
-    """Put the served model's instance shape and range in the OpenAPI document; stop
-    start-up, in one line, when the card cannot be served as configured: a card
-    without per-N calibration, a UQ_DEFAULT_SAMPLES it has no calibration for, or a
-    UQ_MAX_AUTO_SAMPLES other than the cap its "auto" was calibrated with."""
-    from artifacts.store import read_card
-
-    card = read_card(bentoml.models.get(settings.model))
-    describe_instances(InputSpec(tuple(card.input_shape), tuple(card.value_range)))
-    auto = card.auto_calibration
-    if settings.default_samples == "auto" and auto is None:
-        raise ValueError(
-            f'UQ_DEFAULT_SAMPLES=auto needs a card calibrated for "auto", and {settings.model}\'s '
-            f"is not: recalibrate with uq-calibrate --model {settings.model}"
-        )
-    if settings.max_auto_samples and settings.max_auto_samples != getattr(
-            auto, "max_samples", settings.max_auto_samples):
-        raise ValueError(
-            f"UQ_MAX_AUTO_SAMPLES={settings.max_auto_samples}, but the \"auto\" of "
-            f"{settings.model} was calibrated with at most {auto.max_samples} samples: unset it, "
-            f"or recalibrate with uq-calibrate --max-auto-samples {settings.max_auto_samples}"
-        )
-    if settings.default_samples not in (None, "auto", *card.calibrated_n_samples):
-        raise ValueError(
-            f"UQ_DEFAULT_SAMPLES={settings.default_samples} is not a calibrated N of "
-            f"{settings.model} ({', '.join(map(str, card.calibrated_n_samples))}); pick one "
-            "of these, or recalibrate with uq-calibrate --samples"
-        )
-
-
-_check_served_card()
 adapter.declare_json_outputs(UQService)
 adapter.quiet_client_error_tracebacks()
 adapter.skip_uvicorn_access_log()
 # The Open Inference Protocol (KServe V2) under /v2/...: a Starlette app beside the
 # APIs, since BentoML APIs are POST-only and take no path parameters.
-adapter.mount_at_root(UQService, create_oip_app())
+adapter.mount_at_root(UQService, create_oip_app(_served_predictor, predict=_v2_predictions))
 # The web page at /ui: static HTML, JS and CSS from service/ui/.
 adapter.mount_at_root(UQService, create_ui_app())

@@ -34,6 +34,10 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 from loadtest.server import served  # noqa: E402
+from training.config import ModelConfig, TrainConfig  # noqa: E402
+from training.data import load_dataset  # noqa: E402
+from training.train import train  # noqa: E402
+from training.train_gan import GanConfig, train_gan  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -48,10 +52,6 @@ DEFAULT_SAMPLES = 8
 @pytest.fixture(scope="session")
 def classifier_tag(tmp_path_factory) -> str:
     """A tiny digits classifier in the test store, trained once per session."""
-    from training.config import ModelConfig, TrainConfig
-    from training.data import load_dataset
-    from training.train import train
-
     config = TrainConfig(
         dataset="digits", model_name="uq-test-digits", epochs=4, batch_size=64,
         learning_rate=0.01, n_samples=DEFAULT_SAMPLES, risk_target_error=0.1,
@@ -64,9 +64,6 @@ def classifier_tag(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def generator_tag(tmp_path_factory) -> str:
     """A tiny dense GAN generator for the digits classifier, trained once per session."""
-    from training.data import load_dataset
-    from training.train_gan import GanConfig, train_gan
-
     config = GanConfig(
         dataset="digits", model_name="uq-test-generator", epochs=1, latent_dim=8,
         output_dir=tmp_path_factory.mktemp("generator"),

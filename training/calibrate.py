@@ -109,7 +109,7 @@ def keras_file(path: Path) -> Any:
 def check_fits(model: Any, dataset: Dataset) -> None:
     """Raises ValueError unless ``dataset``'s rows and labels are ``model``'s input and
     output, and the engine can sample the model (dropout, a softmax output)."""
-    from uncertainty.engine import MCEngine
+    from uncertainty.mc import MCEngine
 
     input_shape = tuple(model.inputs[0].shape[1:])
     if input_shape != dataset.input_shape:

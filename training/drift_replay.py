@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from training.plots import drift_replay_plot
 from uncertainty.drift import DriftDetector
 from uncertainty.risk import risk_scores
 
@@ -26,7 +27,6 @@ def replay(card: Any, test_summary: Any, shifted_summaries: dict[str, Any], outp
            seed: int) -> dict[str, Any]:
     """Stream ``test_summary`` then a shifted set's summary (name -> summary, at the
     default N) through a detector of ``card``'s references; writes the plot."""
-    from training.plots import drift_replay_plot
 
     references = {c.n_samples: c.reference for c in card.calibrations if c.reference}
     if not references:

@@ -51,14 +51,20 @@ from typing import Any
 
 import numpy as np
 
+from artifacts.generation import generated_images
+from artifacts.store import load_classifier, load_generator
 from commandline.arguments import OneLineErrorParser, fail, sample_counts
+from training import evaluate_auto, plots
 from training.data import DatasetError, load_dataset
+from training.drift_replay import replay
 from training.evaluation import (
     ACCURACY_TOLERANCE,
     BOOTSTRAP_RESAMPLES,
     INTERVAL_LEVEL,
     NLL_TOLERANCE,
     classification_metrics,
+    flag_fractions,
+    guarantee_figures,
     mc_summary,
     near_best,
     nested_mc_draw,
@@ -68,9 +74,11 @@ from training.evaluation import (
     selective_metrics,
     total_variation,
 )
+from training.ood import ood_sets
+from training.plots import Panel, marked_against_samples
 from uncertainty import metrics
 from uncertainty.calibration import decide
-from uncertainty.risk import RISK_DELTA, error_upper_bound, risk_scores
+from uncertainty.risk import RISK_DELTA, risk_scores
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +120,7 @@ def evaluate(model, card, dataset, *, samples, off_grid_samples, reference_sampl
              reference_rows, seed, generated=None) -> dict:
     """Every figure of evaluation.json, plus the arrays the plots need under "_plots".
     ``generated``: (generator tag, its images ``[count, *input_shape]``), a shifted set."""
-    from training.ood import ood_sets
-    from uncertainty.engine import MCEngine
+    from uncertainty.mc import MCEngine  # imports TensorFlow, once main has quieted its logs
 
     engine = MCEngine(model)
     x_test, y_test = dataset.x_test, dataset.y_test
@@ -166,9 +173,7 @@ def evaluate(model, card, dataset, *, samples, off_grid_samples, reference_sampl
     if generated is not None:
         report["generated"] = generated_report(card, generator_tag, test[default_n],
                                                shifted["generated"][default_n])
-    from training.evaluate_auto import auto_report
-
-    auto = auto_report(engine, card, x_test, y_test,
+    auto = evaluate_auto.auto_report(engine, card, x_test, y_test,
                        {n: test_draw.quality[n] for n in quality_counts}, reference,
                        shifted_inputs, seed, SEED_STRIDE)
     if auto is not None:  # n_samples "auto", when the card is calibrated for it
@@ -235,49 +240,6 @@ def guarantee_rows(card, counts: list[int], test: dict, labels: np.ndarray,
     return rows
 
 
-def guarantee_figures(summary, labels: np.ndarray, calibration,
-                      conformal_alpha: float) -> dict[str, Any]:
-    """selective_metrics on in-distribution rows, the novelty false-alarm rate (the
-    share of rows that novelty alone flags: novel, not flagged for error risk, as the
-    novelty policy is calibrated), each promise beside its figure, and whether each
-    holds: a promise fails only when the rows show, at confidence 1 - RISK_DELTA, a
-    rate above it (the Clopper-Pearson lower bound of the rate exceeds the promise)."""
-    decision = decide(summary, calibration)
-    errors = summary.label != labels  # [rows]
-    covered = decision.prediction_sets[np.arange(len(labels)), labels]  # [rows]
-    false_alarms = decision.novel & ~decision.error_risk  # [rows]
-    target_error = calibration.risk_policy.target_error
-    false_alarm_rate = calibration.novelty_policy.false_alarm_rate
-    return {
-        **selective_metrics(summary, labels, calibration),
-        "target_error": target_error,
-        "conformal_coverage_target": 1.0 - conformal_alpha,
-        "novelty_false_alarm_rate": float(false_alarms.mean()),
-        "novelty_false_alarm_target": false_alarm_rate,
-        "holds": {
-            "selective_error": not shown_above(errors[~decision.error_risk], target_error),
-            "conformal_coverage": not shown_above(~covered, conformal_alpha),
-            "novelty_false_alarms": not shown_above(false_alarms, false_alarm_rate),
-        },
-    }
-
-
-def shown_above(events: np.ndarray, rate: float) -> bool:
-    """Whether ``events`` ``[rows]`` bool show their rate above ``rate`` at confidence
-    1 - RISK_DELTA: the Clopper-Pearson lower bound exceeds it."""
-    count, total = int(events.sum()), len(events)
-    lower_bound = 1.0 - error_upper_bound(total - count, total, 1 - RISK_DELTA)
-    return lower_bound > rate
-
-
-def flag_fractions(summary, calibration) -> dict[str, float]:
-    """The share of rows flagged for any reason and for each."""
-    decision = decide(summary, calibration)
-    return {"flagged_fraction": float(decision.flagged.mean()),
-            "error_risk_fraction": float(decision.error_risk.mean()),
-            "novelty_fraction": float(decision.novel.mean())}
-
-
 def ood_aurocs(inside, outside) -> dict[str, float]:
     """Per uncertainty score: the AUROC of telling ``outside`` rows from ``inside`` ones."""
     inside_scores, outside_scores = risk_scores(inside), risk_scores(outside)
@@ -306,8 +268,6 @@ def generated_report(card, generator_tag: str, test_summary,
 
 
 def write_plots(report: dict[str, Any], labels: np.ndarray, output_dir: Path) -> None:
-    from training import plots
-
     rows = report["by_n_samples"]
     plots.lines_against(
         [row["n_samples"] for row in rows],
@@ -330,15 +290,11 @@ def write_plots(report: dict[str, Any], labels: np.ndarray, output_dir: Path) ->
     )
     write_guarantees_plot(report, output_dir / "guarantees_vs_samples.png")
     if "auto" in report:
-        from training.evaluate_auto import write_plot
-
-        write_plot(report, output_dir / "auto_vs_fixed.png")
+        evaluate_auto.write_plot(report, output_dir / "auto_vs_fixed.png")
 
 
 def write_guarantees_plot(report: dict[str, Any], path: Path) -> None:
     """The guarantee rows against N, each promise beside its measurement."""
-    from training.plots import Panel, marked_against_samples
-
     rows = report["guarantees"]
 
     def column(name: str) -> list[float]:
@@ -378,8 +334,6 @@ def summary_table(report: dict[str, Any]) -> str:
             f"{_interval(row['nll_excess_interval']):>22}{marker}"
         )
     if "auto" in report:
-        from training import evaluate_auto
-
         lines.append(evaluate_auto.table_line(report["auto"],
                                               near_best(report["auto"], report["by_n_samples"])))
     deterministic = report["deterministic"]
@@ -450,8 +404,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import bentoml
 
-    from artifacts.store import load_classifier
-
     try:
         model_ref = bentoml.models.get(args.model)
     except bentoml.exceptions.NotFound:
@@ -466,9 +418,6 @@ def main(argv: list[str] | None = None) -> int:
         return fail("uq-evaluate", str(error))
     generated = None
     if args.generator:
-        from artifacts.generation import generated_images
-        from artifacts.store import load_generator
-
         try:
             generator, generator_card, generator_tag = load_generator(args.generator)
             generator_card.check_fits(generator_tag, card.input_shape, card.value_range)
@@ -484,8 +433,6 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_plots(report, dataset.y_test, args.output_dir)
     if args.drift_replay:
-        from training.drift_replay import replay
-
         try:
             report["drift_replay"] = replay(card, report["_plots"]["test_summary"],
                                             report["_plots"]["shifted_summaries"],

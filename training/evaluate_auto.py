@@ -27,6 +27,8 @@ from training.evaluation import (
     auto_draw,
     bootstrap_means,
     classification_metrics,
+    flag_fractions,
+    guarantee_figures,
     selective_metrics,
     total_variation,
 )
@@ -46,8 +48,6 @@ def auto_report(engine: Any, card: Any, x_test: np.ndarray, y_test: np.ndarray,
     """The "auto" row of evaluation.json, or None when the card has no calibration of
     "auto". ``quality``: N -> RowQuality of the test rows (the fixed-N rows' draw);
     ``reference``: the reference mean probabilities of the first test rows."""
-    from training.evaluate import flag_fractions, guarantee_figures
-
     auto = card.auto_calibration
     if auto is None:
         logger.info('the card has no calibration of "auto": no auto row')

@@ -32,7 +32,7 @@ from uncertainty.summary import UncertaintySummary, summarize
 if TYPE_CHECKING:
     import keras
 
-    from uncertainty.engine import MCEngine
+    from uncertainty.mc import MCEngine
 
 #: Rows per engine call when sampling a whole split, to bound memory.
 ROWS_PER_SAMPLING_BATCH = 1000
@@ -375,7 +375,7 @@ def evaluate_and_calibrate(
     """Calibrate at every N of the grid on the validation split, and the adaptive
     procedure ("auto", at most ``max_auto_samples`` samples) as its own N; then measure
     the default N (``n_samples``, in the grid) and "auto" on the test split."""
-    from uncertainty.engine import MCEngine
+    from uncertainty.mc import MCEngine  # imports TensorFlow: loadtest reads this module too
 
     engine = MCEngine(model)
     calibrations = calibrate_grid(
@@ -420,3 +420,46 @@ def risk_coverage_curves(
         name: metrics.risk_coverage_curve(scores, errors)
         for name, scores in risk_scores(summary).items()
     }
+
+
+def guarantee_figures(summary, labels: np.ndarray, calibration,
+                      conformal_alpha: float) -> dict[str, Any]:
+    """selective_metrics on in-distribution rows, the novelty false-alarm rate (the
+    share of rows that novelty alone flags: novel, not flagged for error risk, as the
+    novelty policy is calibrated), each promise beside its figure, and whether each
+    holds: a promise fails only when the rows show, at confidence 1 - RISK_DELTA, a
+    rate above it (the Clopper-Pearson lower bound of the rate exceeds the promise)."""
+    decision = decide(summary, calibration)
+    errors = summary.label != labels  # [rows]
+    covered = decision.prediction_sets[np.arange(len(labels)), labels]  # [rows]
+    false_alarms = decision.novel & ~decision.error_risk  # [rows]
+    target_error = calibration.risk_policy.target_error
+    false_alarm_rate = calibration.novelty_policy.false_alarm_rate
+    return {
+        **selective_metrics(summary, labels, calibration),
+        "target_error": target_error,
+        "conformal_coverage_target": 1.0 - conformal_alpha,
+        "novelty_false_alarm_rate": float(false_alarms.mean()),
+        "novelty_false_alarm_target": false_alarm_rate,
+        "holds": {
+            "selective_error": not shown_above(errors[~decision.error_risk], target_error),
+            "conformal_coverage": not shown_above(~covered, conformal_alpha),
+            "novelty_false_alarms": not shown_above(false_alarms, false_alarm_rate),
+        },
+    }
+
+
+def shown_above(events: np.ndarray, rate: float) -> bool:
+    """Whether ``events`` ``[rows]`` bool show their rate above ``rate`` at confidence
+    1 - RISK_DELTA: the Clopper-Pearson lower bound exceeds it."""
+    count, total = int(events.sum()), len(events)
+    lower_bound = 1.0 - error_upper_bound(total - count, total, 1 - RISK_DELTA)
+    return lower_bound > rate
+
+
+def flag_fractions(summary, calibration) -> dict[str, float]:
+    """The share of rows flagged for any reason and for each."""
+    decision = decide(summary, calibration)
+    return {"flagged_fraction": float(decision.flagged.mean()),
+            "error_risk_fraction": float(decision.error_risk.mean()),
+            "novelty_fraction": float(decision.novel.mean())}

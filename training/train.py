@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from artifacts.cards import ModelCard, training_record
+from artifacts.store import save_classifier
 from commandline.arguments import OneLineErrorParser, fail, integers, sample_counts
+from training import plots
 from training.config import (
     ACTIVATIONS,
     ARCHITECTURES,
@@ -40,6 +42,8 @@ from training.config import (
     TrainConfig,
 )
 from training.data import DATASET_NAMES, Dataset, DatasetError, load_dataset
+from training.evaluation import evaluate_and_calibrate, risk_coverage_curves
+from uncertainty.metrics import reliability_bins
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,8 +170,7 @@ def train(config: TrainConfig, dataset: Dataset, callbacks: tuple = ()) -> Train
     """Fit, evaluate, calibrate, store and report. ``callbacks`` are extra Keras callbacks."""
     import keras
 
-    from artifacts.store import save_classifier
-    from training.evaluation import evaluate_and_calibrate
+    # import TensorFlow: uq-train's arguments are checked first
     from training.models import build_model
     from training.schedules import learning_rate_and_callbacks, make_optimizer
 
@@ -244,10 +247,6 @@ def _without_optimizer(model):
 def write_reports(output_dir: Path, card: ModelCard, evaluation, tag: str) -> Path:
     """metrics.json, reliability.png, risk_coverage.png and training_curves.png."""
     import csv
-
-    from training import plots
-    from training.evaluation import risk_coverage_curves
-    from uncertainty.metrics import reliability_bins
 
     summary, labels = evaluation.test_summary, evaluation.test_labels
     plots.reliability_diagram(

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from artifacts.cards import GeneratorCard, training_record
-from artifacts.store import DEFAULT_GENERATOR_NAME
+from artifacts.store import DEFAULT_GENERATOR_NAME, save_generator
 from commandline.arguments import OneLineErrorParser, fail
 from training.config import check_model_name
 from training.data import DATASET_NAMES, Dataset, DatasetError, load_dataset
@@ -126,8 +126,7 @@ def train_gan(config: GanConfig, dataset: Dataset, callbacks: tuple = ()) -> Gan
     """Fit the GAN, store the generator, draw the final grid. ``callbacks``: extra Keras ones."""
     import keras
 
-    from artifacts.store import save_generator
-    from training.gan import (
+    from training.gan import (  # imports TensorFlow: uq-train-gan's arguments are checked first
         GAN,
         SampleGrid,
         build_discriminator,

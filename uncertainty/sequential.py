@@ -93,13 +93,13 @@ from uncertainty.risk import (
 from uncertainty.summary import UncertaintySummary, summarize
 
 if TYPE_CHECKING:
-    from uncertainty.engine import MCEngine
+    from uncertainty.mc import MCEngine
 
 #: What a request asks for to get the adaptive sample count.
 AUTO = "auto"
 #: Samples of the first round; then the count doubles until the cap. One stratified block
-#: (engine.STRATUM_BLOCK). With independent rounds, first rounds of 4 let rows stop on
-#: samples that happened to agree: NLL 0.0161 above N=100's at mean N 6.8, against 0.0107
+#: (uncertainty.mc.masks.STRATUM_BLOCK). With independent rounds, first rounds of 4 let rows
+#: stop on samples that happened to agree: NLL 0.0161 above N=100's at mean N 6.8, against 0.0107
 #: at 10.2 from 8 (benchmarks/results/adaptive_rule.json).
 FIRST_ROUND_SAMPLES = 8
 DEFAULT_MAX_AUTO_SAMPLES = 100

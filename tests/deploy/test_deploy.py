@@ -39,7 +39,8 @@ def test_bentoml_build_accepts_the_bentofile(classifier_tag, generator_tag, tmp_
     assert bento.info.labels["owner"] == "uq-team"
     source = Path(bento.path_of("src"))
     assert (source / "service" / "service.py").is_file()
-    assert (source / "uncertainty" / "engine.py").is_file()
+    assert (source / "uncertainty" / "mc" / "engine.py").is_file()
+    assert (source / "service" / "oip" / "app.py").is_file()
 
 
 def test_bentofile_packages_are_the_serving_dependencies():

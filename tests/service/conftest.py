@@ -11,7 +11,7 @@ def client(classifier_tag, generator_tag):
     """The service in this process, behind starlette's TestClient."""
     from starlette.testclient import TestClient
 
-    from service.service import UQService
+    from service.service import UQService  # reads the served card: once the model is stored
 
     with TestClient(UQService.to_asgi()) as test_client:
         wait_ready(test_client.get)

@@ -132,7 +132,7 @@ def test_assumption_output_media_type_is_read_from_the_output_spec(probe):
 
 
 def test_assumption_api_lookups_wrap_anew_and_a_kept_wrapper_is_used(probe):
-    service = bentoml.get_current_service()
+    service = adapter.current_service()
     # BentoML calls the `.local` of a fresh lookup per request
     assert service.echo.local is not service.echo.local
     adapter.keep_api_wrappers(service, ("echo",))
@@ -276,13 +276,11 @@ def test_uvicorn_formats_no_access_log_record_for_bentoml_to_drop(monkeypatch):
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     from uvicorn.server import ServerState
 
-    from service.adapter import skip_uvicorn_access_log
-
     async def app(scope, receive, send):  # never called
         raise AssertionError
 
     monkeypatch.setattr(logging.getLogger("uvicorn.access"), "handlers", [])
-    skip_uvicorn_access_log()
+    adapter.skip_uvicorn_access_log()
     loop = asyncio.new_event_loop()
     try:
         protocol = HttpToolsProtocol(Config(app, log_config=None), ServerState(), {}, _loop=loop)

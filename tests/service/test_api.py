@@ -5,11 +5,12 @@ import json
 import struct
 import zlib
 
-import bentoml
 import numpy as np
 import pytest
 from PIL import Image
 
+from service.adapter import current_service
+from service.door import Door
 from tests.conftest import assert_error
 
 DIGIT = [float(v % 17) for v in range(64)]  # a valid 8 x 8 instance in [0, 16]
@@ -196,7 +197,7 @@ def test_the_service_keeps_serving_after_bad_input(client):
 
 
 def test_apis_answer_503_until_the_model_is_loaded(client, monkeypatch):
-    monkeypatch.setattr(bentoml.get_current_service(), "predictor", None)
+    monkeypatch.setattr(current_service(), "predictor", None)
     assert_error(post(client, "/predict", {"instances": [DIGIT]}), 503, "still loading")
     assert client.get("/livez").status_code == 200
 
@@ -217,12 +218,12 @@ def test_bad_generate_requests_name_the_field(client, body, fragments):
 
 
 def test_generate_without_a_generator_is_404(client, monkeypatch):
-    monkeypatch.setattr(bentoml.get_current_service(), "sampler", None)
+    monkeypatch.setattr(current_service(), "sampler", None)
     assert_error(post(client, "/generate", {"count": 2}), 404, "UQ_GENERATOR")
 
 
 def test_return_samples_is_bounded(client, monkeypatch):
-    import service.service
+    import service.service  # reads the served card: once the model is stored
 
     monkeypatch.setattr(service.service, "MAX_RETURNED_SAMPLES", 5)
     response = post(client, "/predict", {"instances": [DIGIT], "n_samples": 6,
@@ -233,7 +234,7 @@ def test_return_samples_is_bounded(client, monkeypatch):
 
 
 def test_a_budget_picks_the_largest_calibrated_n_that_fits_and_reports_it(client):
-    card_ns = bentoml.get_current_service().predictor.card.calibrated_n_samples
+    card_ns = current_service().predictor.card.calibrated_n_samples
     largest = max(n for n in card_ns if n <= 200)  # UQ_MAX_SAMPLES in the tests
     response = post(client, "/predict", {"instances": [DIGIT], "latency_budget_ms": 60000})
     assert response.status_code == 200, response.text
@@ -279,8 +280,6 @@ def test_bad_budget_fields_are_400_naming_the_field(client, item, fragments):
 
 
 def test_an_overloaded_service_refuses_at_the_door_with_retry_after(client, monkeypatch):
-    from service.door import Door
-
     monkeypatch.setattr(Door, "limit", 0)  # as if every request in flight were one too many
     for path, body in (("/predict", {"instances": [DIGIT]}),
                        ("/predict_batched", {"items": [{"instance": DIGIT}]})):

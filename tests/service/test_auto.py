@@ -10,6 +10,7 @@ from PIL import Image
 
 from artifacts.store import read_card
 from loadtest.server import ServerError, served
+from service.adapter import current_service
 from tests.service.test_api import DIGIT, assert_error, post
 from training.data import load_dataset
 
@@ -132,7 +133,7 @@ def test_bad_form_n_samples_is_400_naming_the_field(client):
 
 def test_auto_is_the_default_when_configured_and_refused_without_its_calibration(
         client, monkeypatch):
-    predictor = bentoml.get_current_service().predictor
+    predictor = current_service().predictor
     monkeypatch.setattr(predictor, "default_request_samples", "auto")
     answer = post(client, "/predict", {"instances": [DIGIT]}).json()
     assert answer["n_samples"] == "auto"
@@ -162,7 +163,7 @@ def test_the_real_server_answers_auto(server, digits, auto):
 
 def test_a_card_calibrated_before_stratified_rounds_keeps_independent_ones(
         client, monkeypatch):
-    predictor = bentoml.get_current_service().predictor
+    predictor = current_service().predictor
     stored = predictor.card.model_dump(mode="json")
     del stored["auto_calibration"]["stratified"]  # as cards of the earlier rounds were written
     old_card = type(predictor.card).model_validate(stored)
@@ -187,15 +188,15 @@ def test_a_max_auto_samples_other_than_the_calibrated_cap_stops_start_up(
 
 
 def test_start_up_checks_of_auto(client, monkeypatch):
-    from service import service as service_module
+    from service import service as service_module  # reads the served card: once stored
 
-    card = bentoml.get_current_service().predictor.card
-    monkeypatch.setattr("artifacts.store.read_card", lambda model_ref: card)
+    card = current_service().predictor.card
+    monkeypatch.setattr(service_module, "read_card", lambda model_ref: card)
     monkeypatch.setattr(service_module.settings, "default_samples", "auto")
-    service_module._check_served_card()  # the card is calibrated for auto
+    service_module._served_card()  # the card is calibrated for auto
     monkeypatch.setattr(service_module.settings, "max_auto_samples", 100)
-    service_module._check_served_card()  # the cap it was calibrated with
+    service_module._served_card()  # the cap it was calibrated with
     without = card.model_copy(update={"auto_calibration": None})
-    monkeypatch.setattr("artifacts.store.read_card", lambda model_ref: without)
+    monkeypatch.setattr(service_module, "read_card", lambda model_ref: without)
     with pytest.raises(ValueError, match=r"UQ_DEFAULT_SAMPLES=auto needs a card calibrated"):
-        service_module._check_served_card()
+        service_module._served_card()

@@ -5,12 +5,13 @@ import re
 import time
 from pathlib import Path
 
-import bentoml
 import numpy as np
 import pytest
 
+from service.adapter import current_service
 from service.feedback import Signer, reason_bits
 from service.monitoring import PREDICTION_LOG
+from service.schemas import Prediction
 from tests.conftest import MONITORING_DIR
 from tests.service.test_api import DIGIT, assert_error, post
 
@@ -18,7 +19,7 @@ GENERATED = re.compile(r"[0-9a-f]{32}")
 
 
 def served():
-    return bentoml.get_current_service()
+    return current_service()
 
 
 def predict(client, count=1, headers=None, **options):
@@ -229,8 +230,6 @@ def test_inputs_are_logged_only_when_asked(client, monkeypatch):
 
 
 def test_predictions_of_n_samples_auto_are_not_fed_to_the_detector(client):
-    from service.schemas import Prediction
-
     [prediction] = tokens(client, 1, n_samples=5)
     auto = Prediction.model_validate(
         {**prediction, "risk": {**prediction["risk"], "calibrated_n_samples": "auto"}})

@@ -5,14 +5,15 @@ the session's real ``bentoml serve``, raw HTTP for the error shapes, and the app
 import gzip
 import json
 
-import bentoml
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from starlette.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
-from service.oip import OUTPUTS, create_app
+from service.adapter import current_service
+from service.oip.app import create_app
+from service.oip.types import OUTPUTS
 from tests.conftest import DEFAULT_SAMPLES, assert_error
 from training.data import load_dataset
 
@@ -412,8 +413,12 @@ def test_request_id_and_metrics(http, model):
     assert any(name.startswith("uq_predictions_total") for name in counted), counted
 
 
+async def no_predictions(*request):
+    raise AssertionError("a request reached the predictions while the model loads")
+
+
 def test_while_the_model_loads_the_model_endpoints_answer_503():
-    with TestClient(create_app(lambda: None)) as app:
+    with TestClient(create_app(lambda: None, predict=no_predictions)) as app:
         assert app.get("/v2/health/live").status_code == 200
         assert app.get("/v2").json()["name"] == "uq-serving"
         assert_error(app.get("/v2/health/ready"), 503, "loading")
@@ -425,7 +430,7 @@ def test_while_the_model_loads_the_model_endpoints_answer_503():
 
 def test_behind_the_service_middleware_while_loading(client):
     """The whole service in this process (session fixture), its model taken away."""
-    service = bentoml.get_current_service()
+    service = current_service()
     predictor, service.predictor = service.predictor, None
     try:
         for response in (client.get("/v2/health/ready"), client.get("/v2/models/any/ready"),

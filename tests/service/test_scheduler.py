@@ -2,21 +2,21 @@
 slicing, seeds, admission, budgets, fairness and cancellation, on an event loop of its own."""
 
 import asyncio
-import time
 
 import bentoml
 import numpy as np
 import pytest
 
-from service.scheduler import SLICE_ROWS, CostModel, Lateness, LoopLag, Overloaded, Scheduler, Work
+from service.latency import CostModel
+from service.predictor import Predictor
+from service.scheduler import SLICE_ROWS, Overloaded, Scheduler, Work
+from tests.service.fake_clock import FakeClock
 from training.data import load_dataset
 from uncertainty.sequential import SequentialRun
 
 
 @pytest.fixture(scope="module")
 def predictor(classifier_tag):
-    from service.predictor import Predictor
-
     return Predictor.load(bentoml.models.get(classifier_tag), None, warm_up_batch=4)
 
 
@@ -29,6 +29,12 @@ def scheduler(predictor, **limits) -> Scheduler:
     options = {"max_rows": 2048, "max_instances": 64, "max_queued_rows": 10**6,
                "max_latency": 60.0, **limits}
     return Scheduler(predictor, **options)
+
+
+async def until(condition) -> None:
+    """Let the event loop run until ``condition()`` holds."""
+    while not condition():
+        await asyncio.sleep(0)
 
 
 def run(*coroutines):
@@ -183,22 +189,23 @@ def test_queued_rows_past_the_bound_are_refused_but_an_empty_queue_admits_anythi
 
 
 def test_a_budget_picks_the_largest_choice_predicted_to_fit(predictor, x):
-    lane = scheduler(predictor)
+    clock = FakeClock()
+    lane = scheduler(predictor, clock=clock)
     # before any round, the prior alone prices the work: 10 ms + 1 ms per row
     lane.costs = CostModel(overhead=0.010, per_row=0.001)
-    work = Work(x[:1], None, choices=(100, 50, 10, 1))
-    # N=50 is predicted at 60 ms, N=100 at 110: a deadline between them, with room for a
-    # slow start of the event loop (0.5 ms of room failed once on a loaded machine)
-    work.deadline = work.arrived + 0.085
+    work = Work(x[:1], None, choices=(100, 50, 10, 1), arrived=clock())
+    # N=50 is predicted at 60 ms, N=100 at 110: a deadline between them
+    work.deadline = work.arrived + 0.061
     [[[prediction]]] = run(lane.run([work]))
     assert work.n_samples == 50 and work.budget_limited
     assert prediction.n_samples == 50
 
 
 def test_a_budget_that_cannot_be_met_even_at_the_fewest_samples_is_refused(predictor, x):
-    lane = scheduler(predictor)
+    clock = FakeClock()
+    lane = scheduler(predictor, clock=clock)
     lane.costs = CostModel(overhead=0.010, per_row=0.001)
-    work = Work(x[:1], None, choices=(10, 5))
+    work = Work(x[:1], None, choices=(10, 5), arrived=clock())
     work.deadline = work.arrived + 0.005
     with pytest.raises(Overloaded, match=r"latency_budget_ms: 5 ms cannot be met now, "
                                          r"even at 5 samples"):
@@ -207,15 +214,16 @@ def test_a_budget_that_cannot_be_met_even_at_the_fewest_samples_is_refused(predi
 
 
 def test_without_a_budget_work_past_the_latency_bound_is_refused(predictor, x):
-    lane = scheduler(predictor, max_latency=0.05)
+    clock = FakeClock()
+    lane = scheduler(predictor, max_latency=0.05, clock=clock)
     lane.costs = CostModel(overhead=0.010, per_row=0.001)
-    run(lane.run([Work(x[:1], 30)]))  # 40 ms predicted: admitted (the fit then moves)
-    lane.costs = CostModel(overhead=0.010, per_row=0.001)
-    with pytest.raises(Overloaded, match="UQ_BATCH_MAX_LATENCY_MS"):
-        run(lane.run([Work(x[:1], 41), Work(x[:1], 10)]))  # the second: 61 ms
+    run(lane.run([Work(x[:1], 39, arrived=clock())]))  # 49 ms predicted: admitted
+    lane.costs = CostModel(overhead=0.010, per_row=0.001)  # the fit moved: back to the prior
+    with pytest.raises(Overloaded, match="UQ_BATCH_MAX_LATENCY_MS"):  # the second: 51 ms
+        run(lane.run([Work(x[:1], 40, arrived=clock()), Work(x[:1], 1, arrived=clock())]))
     # a work whose own engine time (110 ms) passes the bound is judged against twice that
     lane.costs = CostModel(overhead=0.010, per_row=0.001)
-    run(lane.run([Work(x[:1], 100)]))
+    run(lane.run([Work(x[:1], 100, arrived=clock())]))
 
 
 def test_short_works_do_not_wait_behind_a_long_one(predictor, x):
@@ -227,8 +235,9 @@ def test_short_works_do_not_wait_behind_a_long_one(predictor, x):
         finished.append(name)
 
     async def scenario():
-        long = asyncio.ensure_future(timed("long", Work(x, 200)))  # 16 slices of 2 instances
-        await asyncio.sleep(0.01)
+        work = Work(x, 200)  # 16 slices of 2 instances
+        long = asyncio.ensure_future(timed("long", work))
+        await until(lambda: 0 < len(work.slices) < 16)  # its first round is taken
         await asyncio.gather(*(timed(f"short{i}", Work(x[i:i + 1], 8)) for i in range(4)))
         await long
 
@@ -239,9 +248,11 @@ def test_short_works_do_not_wait_behind_a_long_one(predictor, x):
 def test_a_cancelled_work_draws_nothing_more(predictor, x):
     lane = scheduler(predictor)
 
+    work = Work(x, SLICE_ROWS * 4)  # 64 slices
+
     async def scenario():
-        task = asyncio.ensure_future(lane.run([Work(x, SLICE_ROWS * 4)]))  # 64 slices
-        await asyncio.sleep(0.05)
+        task = asyncio.ensure_future(lane.run([work]))
+        await until(lambda: 0 < len(work.slices) < 64)  # its rounds are under way
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -249,37 +260,4 @@ def test_a_cancelled_work_draws_nothing_more(predictor, x):
         return lane.queued_rows, len(lane._works)
 
     assert run(scenario()) == [(0, 0)]
-
-
-def test_the_cost_model_learns_a_linear_cost():
-    costs = CostModel()
-    rng = np.random.default_rng(0)
-    for _ in range(400):
-        rows = rng.integers(1, 2048)
-        costs.observe(rows, 0.003 + 2e-5 * rows)
-    np.testing.assert_allclose(costs.coefficients, [0.003, 2e-5], rtol=0.05)
-    assert costs.seconds(2, 1000) == pytest.approx(0.006 + 0.02, rel=0.05)
-
-
-def test_lateness_tracks_a_high_quantile_of_how_late_works_finish():
-    lateness = Lateness()
-    for late in np.random.default_rng(0).exponential(0.010, size=50_000):
-        lateness.observe(late)
-    quantile = -0.010 * np.log(1 - Lateness.QUANTILE)  # of the exponential distribution
-    assert lateness.seconds == pytest.approx(quantile, rel=0.15)
-
-
-def test_loop_lag_sees_a_blocked_event_loop():
-    lag = LoopLag()
-
-    async def scenario():
-        watcher = asyncio.ensure_future(lag.watch())
-        await asyncio.sleep(0.02)
-        quiet = lag.seconds
-        time.sleep(0.1)  # the loop is blocked
-        await asyncio.sleep(0.006)
-        watcher.cancel()
-        return quiet, lag.seconds
-
-    [(quiet, blocked)] = run(scenario())
-    assert quiet < 0.01 and blocked > LoopLag.WEIGHT * 0.08
+    assert work.slices  # it was cancelled before its last slice was drawn

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from artifacts.store import load_classifier
 from training import evaluation as evaluation_module
 from training.data import load_dataset
 from training.evaluate import main
@@ -17,6 +18,7 @@ from training.evaluation import (
 )
 from training.ood import ood_sets, upscaled_digits
 from uncertainty.calibration import DEFAULT_NOVELTY_FALSE_ALARM_RATE
+from uncertainty.mc import MCEngine
 from uncertainty.summary import summarize
 
 CALIBRATED = [1, 5, 8, 10, 20, 30, 50, 100]  # the classifier_tag card's grid
@@ -85,9 +87,6 @@ def check_guarantees(rows):
 
 
 def test_nested_draws_see_every_n_through_the_same_samples(classifier_tag, monkeypatch):
-    from artifacts.store import load_classifier
-    from uncertainty.engine import MCEngine
-
     model, _, _ = load_classifier(classifier_tag)
     engine = MCEngine(model)
     dataset = load_dataset("digits")

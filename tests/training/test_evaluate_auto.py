@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from artifacts.store import read_card
+from training.calibrate import main as calibrate
 from training.evaluate import main
 from training.evaluate_auto import n_samples_figures, paired_differences
 from training.evaluation import RowQuality
@@ -61,8 +62,6 @@ def test_paired_differences_against_fixed_n_by_hand():
 
 
 def test_uq_calibrate_stores_auto_with_its_cap(classifier_tag, capsys):
-    from training.calibrate import main as calibrate
-
     assert calibrate(["--model", classifier_tag, "--max-auto-samples", "32", "--model-name",
                       "uq-test-auto-cap"]) == 0
     assert " auto " in capsys.readouterr().out

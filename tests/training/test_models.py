@@ -9,7 +9,7 @@ from training.config import ModelConfig
 from training.data import load_dataset
 from training.models import build_model
 from uncertainty.calibration import Calibration
-from uncertainty.engine import MCEngine
+from uncertainty.mc import MCEngine
 from uncertainty.risk import NoveltyPolicy, RiskPolicy
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from training.config import TrainConfig
 from training.data import load_dataset
+from training.schedules import learning_rate_and_callbacks, make_optimizer
 from training.train import main, parse_config, train
 
 TINY = ["--dataset", "digits", "--hidden-units", "64", "--batch-size", "64", "--n-samples", "8",
@@ -85,8 +86,6 @@ def test_toml_config_with_flags_winning(tmp_path):
 @pytest.mark.parametrize("schedule", ["onecycle", "exponential", "piecewise", "plateau"])
 @pytest.mark.parametrize("optimizer", ["nadam", "sgd"])
 def test_every_schedule_and_optimizer_trains(tmp_path, schedule, optimizer):
-    from training.schedules import learning_rate_and_callbacks, make_optimizer
-
     config = TrainConfig(schedule=schedule, optimizer=optimizer, epochs=2)
     rate, callbacks = learning_rate_and_callbacks(config, steps_per_epoch=5)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])

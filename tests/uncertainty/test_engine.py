@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from uncertainty import engine as engine_module
-from uncertainty.engine import DropoutMask, MCEngine, random_uint16
+from uncertainty.mc import DropoutMask, MCEngine, buckets, masks, random_uint16
+from uncertainty.mc import engine as engine_module
 
 INPUT_DROPOUT_TYPES = (keras.layers.Dropout, keras.layers.AlphaDropout)
 
@@ -194,7 +194,7 @@ def test_stratified_masks_drop_each_unit_at_its_rate_in_every_block(rate):
     # 8 x 500 rows: 500 blocks of 8 samples; each unit is dropped rate * 8 times per
     # block, rounded either way, and each place in a block at the rate
     mask = DropoutMask("d", rate=rate, noise_shape=(300,), alpha=False)
-    strata = engine_module.Strata(tf.constant(9, tf.uint64), tf.range(500, dtype=tf.int32))
+    strata = masks.Strata(tf.constant(9, tf.uint64), tf.range(500, dtype=tf.int32))
     out = mask(tf.ones([8 * 500, 300]), tf.constant(3, tf.uint64), None, strata).numpy()
     dropped = (out == 0).reshape(500, 8, 300)
     assert set(np.unique(dropped.sum(axis=1))) <= {int(rate * 8), int(rate * 8) + 1}
@@ -503,9 +503,9 @@ def test_no_call_exceeds_max_rows_per_call(model, x):
 
 def test_largest_bucket_at_most_is_the_largest_bucket_within_the_bound():
     for rows in range(1, 20_000):
-        bucket = engine_module._largest_bucket_at_most(rows)
-        assert bucket <= rows and engine_module._bucket(bucket) == bucket
-        assert engine_module._bucket(bucket + 1) > rows
+        bucket = buckets.largest_bucket_at_most(rows)
+        assert bucket <= rows and buckets.bucket(bucket) == bucket
+        assert buckets.bucket(bucket + 1) > rows
 
 
 def test_subclassed_model_is_refused():

@@ -10,7 +10,7 @@ from tests.uncertainty.test_engine import (
     mlp_with_batch_norm,
     reference_samples,
 )
-from uncertainty.engine import MCEngine, splitmix64_numpy
+from uncertainty.mc import MCEngine, splitmix64_numpy
 
 
 def spatial_model() -> keras.Model:

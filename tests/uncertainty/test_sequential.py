@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from uncertainty.calibration import Calibration, decide
-from uncertainty.engine import MCEngine
+from uncertainty.mc import MCEngine
 from uncertainty.risk import FLAG_EVERYTHING, NoveltyPolicy, RiskPolicy
 from uncertainty.sequential import (
     SequentialDraw,
