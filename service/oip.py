@@ -11,7 +11,8 @@ version its store version; any other name or version: 404. One input tensor
 (any name): a numeric datatype of the protocol, shape ``[batch, *input_shape]``
 or ``[batch, size]``, data flat or nested in row-major order, or binary (the
 binary tensor data extension). Output tensors are named as the prediction's
-fields (:data:`OUTPUTS`, with the N each row used); the request's ``outputs``
+fields (:data:`OUTPUTS`, with the N each row used and each row's
+``feedback_token``, which ``POST /feedback`` redeems); the request's ``outputs``
 selects a subset, its ``parameters`` carry what ``/predict`` reads (``n_samples``, an
 integer or "auto"; ``latency_budget_ms`` and ``min_samples``; ``seed``;
 ``risk_threshold``), and the response's ``parameters`` report the N used, whether a
@@ -96,7 +97,8 @@ NUMERIC_DATATYPES = {
     "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
 }
 #: Output datatypes as numpy types.
-OUTPUT_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "BOOL": np.dtype(bool)}
+OUTPUT_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "BOOL": np.dtype(bool),
+                 "BYTES": np.dtype(object)}
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ OUTPUTS = {
     "flagged": OutputTensor("BOOL", per_class=False),
     "prediction_set": OutputTensor("BOOL", per_class=True),
     "n_samples": OutputTensor("INT64", per_class=False),
+    "feedback_token": OutputTensor("BYTES", per_class=False),
 }
 #: The outputs the classification extension applies to (class scores).
 CLASSIFIABLE = ("probabilities", "std")
@@ -274,10 +277,11 @@ def parse_infer_request(
     checked arrays and options; raises ProtocolError (400)."""
     binary = b""
     if header_length is not None:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
+        digits = header_length.strip()
+        if not (digits.isascii() and digits.isdigit()) or int(digits) > len(body):
             raise _bad(f"{HEADER_LENGTH}: expected the JSON header's length in bytes, at "
                        f"most the body's {len(body)}, got {header_length!r}")
-        body, binary = body[:int(header_length)], body[int(header_length):]
+        body, binary = body[:int(digits)], body[int(digits):]
     try:
         request = InferenceRequest.model_validate_json(body)
     except ValidationError as error:
@@ -686,8 +690,9 @@ class OpenInferenceProtocol:
         decompressor = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
         try:
             content = decompressor.decompress(bytes(body), self.max_body_bytes + 1)
-        except zlib.error as error:
-            raise _bad(f"the body is not valid {encoding} data: {error}") from None
+        except zlib.error:
+            raise _bad(f"the body is not valid {encoding} data; send it compressed as its "
+                       "Content-Encoding says, or uncompressed without one") from None
         if len(content) > self.max_body_bytes or decompressor.unconsumed_tail:
             raise too_large
         return content
