@@ -13,11 +13,18 @@ split -> save the model with the new card to the store, as a new version.
 
 Data: without ``--data``, a stored model's own dataset, whose validation split
 (held out from train with the seed and fraction uq-train used) calibrates and
-whose test split judges. ``--data`` gives other data in the same way: its
-validation split (``--validation-fraction`` of ``x_train``, seeded) calibrates,
-its test split judges. For a model trained elsewhere, those rows must be ones
-it has not been trained on. Nothing is written to the store unless every step
+whose test split judges. ``--data`` gives a stored model other data in the same
+way: its validation split (``--validation-fraction`` of ``x_train``, seeded)
+calibrates, its test split judges. A model trained elsewhere (``--keras-model``)
+calibrates on every row of the data's ``x_train``, which must be rows it was not
+trained on, and is judged on ``x_test`` (without one, on a seeded fifth of
+``x_train`` held out first). Nothing is written to the store unless every step
 succeeds.
+
+A calibration whose rows are too few, or too often wrong among the most certain,
+certifies no threshold: the saved model then flags every answer at that N. The
+command says so in one line, with the fewest rows a threshold needs
+(uncertainty.risk.fewest_rows_to_certify), and still saves the model.
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a classifier tag in the model store")
     source.add_argument("--keras-model", type=Path,
-                        help="a .keras classifier trained elsewhere, to import (needs --data)")
+                        help="a .keras classifier trained elsewhere, to import (needs --data): "
+                        "it calibrates on every row of the data's x_train and is judged on "
+                        "x_test (without one, on a seeded fifth of x_train held out first)")
     parser.add_argument("--data", help="calibration data: a dataset name or npz:PATH "
                         "(default for --model: the model's own dataset)")
     parser.add_argument("--model-name", help="store name to save under (default: the "
@@ -73,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='most samples of n_samples "auto", calibrated as its own N '
                         "(default: %(default)s)")
     parser.add_argument("--validation-fraction", type=open_fraction,
-                        help="share of the data's x_train that calibrates (default: the "
-                        "card's, or 0.1)")
+                        help="--model only: share of the data's x_train that calibrates "
+                        "(default: the card's)")
     parser.add_argument("--seed", type=int, help="(default: the card's, or 0)")
     return parser
 
@@ -138,8 +147,9 @@ def max_norm_value(model: Any) -> float:
     return float(max(values, default=0.0))
 
 
-def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any]:
-    """Everything after parsing; raises ValueError or DatasetError with one line."""
+def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any, int]:
+    """Everything after parsing: the saved tag, its card and the number of calibration
+    rows; raises ValueError or DatasetError with one line."""
     from artifacts.cards import ModelCard
     from artifacts.store import DEFAULT_CLASSIFIER_NAME, save_classifier
     from training.config import check_model_name
@@ -155,6 +165,9 @@ def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any]:
     else:
         if not args.data:
             raise ValueError("--keras-model needs --data: the rows to calibrate on")
+        if args.validation_fraction is not None:
+            raise ValueError("--validation-fraction applies to --model only: an imported "
+                             "model calibrates on every row of the data's x_train")
         model, stored, tag = keras_file(args.keras_model), {}, str(args.keras_model)
         name = args.model_name or DEFAULT_CLASSIFIER_NAME
     check_model_name(name)
@@ -171,11 +184,12 @@ def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any]:
     data = args.data or stored["dataset"]
     dataset = load_dataset(data, options["validation_fraction"], options["seed"])
     check_fits(model, dataset)
+    x_calibration, y_calibration = calibration_rows(dataset, imported=not args.model)
     grid = calibration_grid(args.samples, options["n_samples"])
-    print(f"calibrating {tag} on {len(dataset.x_val)} rows of {data} at N = "
+    print(f"calibrating {tag} on {len(x_calibration)} rows of {data} at N = "
           f"{', '.join(map(str, grid))}", flush=True)
     evaluation = evaluate_and_calibrate(
-        model, dataset.x_val, dataset.y_val, dataset.x_test, dataset.y_test,
+        model, x_calibration, y_calibration, dataset.x_test, dataset.y_test,
         n_samples=options["n_samples"], calibration_grid=grid,
         risk_target_error=options["risk_target_error"],
         conformal_alpha=options["conformal_alpha"],
@@ -197,7 +211,42 @@ def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any]:
         training={**training, "calibrated_from": tag, "calibration_data": data},
         auto_calibration=evaluation.auto_calibration,
     )
-    return save_classifier(model, card, name), card
+    return save_classifier(model, card, name), card, len(x_calibration)
+
+
+def calibration_rows(dataset: Dataset, imported: bool) -> tuple[Any, Any]:
+    """The rows that calibrate ``[rows, *input_shape]`` and their labels: a stored model's
+    validation split, held out from its training; for an imported model, trained on
+    none of the data, every row of x_train."""
+    import numpy as np
+
+    if not imported:
+        return dataset.x_val, dataset.y_val
+    return (np.concatenate([dataset.x_train, dataset.x_val]),
+            np.concatenate([dataset.y_train, dataset.y_val]))
+
+
+def uncertified_warning(card: Any, rows: int) -> str | None:
+    """One line when a calibration of ``card`` (on ``rows`` rows) certified no threshold,
+    so that the saved model flags every answer at its N; None when all did."""
+    from uncertainty.risk import FLAG_EVERYTHING, fewest_rows_to_certify
+
+    policies = [(str(c.n_samples), c.risk_policy) for c in card.calibrations]
+    if card.auto_calibration is not None:
+        policies.append(('"auto"', card.auto_calibration.risk_policy))
+    uncertified = [n for n, policy in policies if policy.threshold == FLAG_EVERYTHING]
+    if not uncertified:
+        return None
+    target = card.risk_policy.target_error
+    fewest = fewest_rows_to_certify(target)
+    why = (f"{rows} rows are too few" if rows < fewest else
+           f"too many of the most certain of the {rows} rows are wrong")
+    scope = ("every answer" if len(uncertified) == len(policies) else
+             f"every answer at N = {', '.join(uncertified)}")
+    return (f"no threshold certifies an error of at most {target:g} among unflagged answers "
+            f"(a threshold needs at least {fewest} unflagged calibration rows, all predicted "
+            f"correctly; {why}): the saved model will flag {scope}; calibrate on more rows, "
+            "or allow a larger --risk-target-error")
 
 
 def _given(value: Any, default: Any) -> Any:
@@ -239,11 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        tag, card = calibrate_and_save(args)
+        tag, card, rows = calibrate_and_save(args)
     except (ValueError, DatasetError) as error:
         return fail(PROG, str(error))
     print(calibration_table(card))
     print(f"saved {tag}")
+    warning = uncertified_warning(card, rows)
+    if warning:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     return 0
 
 
