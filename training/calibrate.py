@@ -44,6 +44,7 @@ from commandline.arguments import (
     sample_counts,
 )
 from training.data import Dataset, DatasetError, load_dataset
+from training.evaluation import uncertified_warning
 from uncertainty.calibration import DEFAULT_GRID, DEFAULT_NOVELTY_FALSE_ALARM_RATE
 from uncertainty.sequential import DEFAULT_MAX_AUTO_SAMPLES
 
@@ -226,29 +227,6 @@ def calibration_rows(dataset: Dataset, imported: bool) -> tuple[Any, Any]:
             np.concatenate([dataset.y_train, dataset.y_val]))
 
 
-def uncertified_warning(card: Any, rows: int) -> str | None:
-    """One line when a calibration of ``card`` (on ``rows`` rows) certified no threshold,
-    so that the saved model flags every answer at its N; None when all did."""
-    from uncertainty.risk import FLAG_EVERYTHING, fewest_rows_to_certify
-
-    policies = [(str(c.n_samples), c.risk_policy) for c in card.calibrations]
-    if card.auto_calibration is not None:
-        policies.append(('"auto"', card.auto_calibration.risk_policy))
-    uncertified = [n for n, policy in policies if policy.threshold == FLAG_EVERYTHING]
-    if not uncertified:
-        return None
-    target = card.risk_policy.target_error
-    fewest = fewest_rows_to_certify(target)
-    why = (f"{rows} rows are too few" if rows < fewest else
-           f"too many of the most certain of the {rows} rows are wrong")
-    scope = ("every answer" if len(uncertified) == len(policies) else
-             f"every answer at N = {', '.join(uncertified)}")
-    return (f"no threshold certifies an error of at most {target:g} among unflagged answers "
-            f"(a threshold needs at least {fewest} unflagged calibration rows, all predicted "
-            f"correctly; {why}): the saved model will flag {scope}; calibrate on more rows, "
-            "or allow a larger --risk-target-error")
-
-
 def _given(value: Any, default: Any) -> Any:
     """A command-line value when given, else what the stored card says."""
     return default if value is None else value
@@ -295,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"saved {tag}")
     warning = uncertified_warning(card, rows)
     if warning:
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        print(f"{PROG}: warning: {warning}; calibrate on more rows, or allow a larger "
+              "--risk-target-error", file=sys.stderr)
     return 0
 
 

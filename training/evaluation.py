@@ -16,7 +16,13 @@ import numpy as np
 
 from uncertainty import metrics
 from uncertainty.calibration import Calibration, calibrate, decide, for_n_samples
-from uncertainty.risk import RISK_DELTA, error_upper_bound, risk_scores
+from uncertainty.risk import (
+    FLAG_EVERYTHING,
+    RISK_DELTA,
+    error_upper_bound,
+    fewest_rows_to_certify,
+    risk_scores,
+)
 from uncertainty.sequential import (
     DEFAULT_MAX_AUTO_SAMPLES,
     FIRST_ROUND_SAMPLES,
@@ -420,3 +426,23 @@ def risk_coverage_curves(
         name: metrics.risk_coverage_curve(scores, errors)
         for name, scores in risk_scores(summary).items()
     }
+
+
+def uncertified_warning(card: Any, rows: int) -> str | None:
+    """What a calibration of ``card`` on ``rows`` rows that certified no threshold means
+    (the saved model flags every answer at its N), in one line; None when all did."""
+    policies = [(str(c.n_samples), c.risk_policy) for c in card.calibrations]
+    if card.auto_calibration is not None:
+        policies.append(('"auto"', card.auto_calibration.risk_policy))
+    uncertified = [n for n, policy in policies if policy.threshold == FLAG_EVERYTHING]
+    if not uncertified:
+        return None
+    target = card.risk_policy.target_error
+    fewest = fewest_rows_to_certify(target)
+    why = (f"{rows} rows are too few" if rows < fewest else
+           f"too many of the most certain of the {rows} rows are wrong")
+    scope = ("every answer" if len(uncertified) == len(policies) else
+             f"every answer at N = {', '.join(uncertified)}")
+    return (f"no threshold certifies an error of at most {target:g} among unflagged answers "
+            f"(a threshold needs at least {fewest} unflagged calibration rows, all predicted "
+            f"correctly; {why}): the saved model will flag {scope}")

@@ -40,6 +40,7 @@ from training.config import (
     TrainConfig,
 )
 from training.data import DATASET_NAMES, Dataset, DatasetError, load_dataset
+from training.evaluation import uncertified_warning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(summary_table(result.tag, result.card))
     print(f"reports in {result.report_path.parent}")
+    warning = uncertified_warning(result.card, len(dataset.x_val))
+    if warning:
+        print(f"uq-train: warning: {warning}; hold out more rows with --validation-fraction, "
+              "or allow a larger --risk-target-error", file=sys.stderr)
     return 0
 
 
