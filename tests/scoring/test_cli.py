@@ -15,7 +15,6 @@ from scoring.cli import main
 from scoring.output import MANIFEST, SCORES, SUMMARY, written_shards
 from service.inputs import InputSpec, parse_image
 from tests.conftest import REPOSITORY
-from training.data import load_dataset
 from tests.scoring.conftest import (
     digits_rows,
     one_line_error,
@@ -24,6 +23,7 @@ from tests.scoring.conftest import (
     write_images,
     write_npz,
 )
+from training.data import load_dataset
 
 COLUMNS = ["id", "label", "class_name", "confidence", "probabilities", "std",
            "predictive_entropy", "expected_entropy", "mutual_information", "risk_score",
