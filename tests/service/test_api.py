@@ -97,8 +97,10 @@ def test_malformed_json_wrong_content_type_and_wrong_method(client):
     assert_error(post(client, "/predict", '{"instances": [['), 400, "Invalid JSON")
     assert_error(post(client, "/predict", {"instances": [DIGIT]}, "text/plain"), 415,
                  "Content-Type must be application/json")
-    assert_error(client.get("/predict"), 405)
-    assert_error(post(client, "/no_such_route", {}), 404, "Not Found")
+    assert_error(client.get("/predict"), 405, "GET is not allowed on /predict; use POST")
+    assert_error(post(client, "/no_such_route", {}), 404, "no route at /no_such_route; "
+                 "/docs.json lists the routes")
+    assert_error(client.get("/ui/no_such_file.js"), 404, "no route at /ui/no_such_file.js")
 
 
 def test_oversized_body_gets_413(client):
