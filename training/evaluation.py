@@ -439,10 +439,13 @@ def uncertified_warning(card: Any, rows: int) -> str | None:
         return None
     target = card.risk_policy.target_error
     fewest = fewest_rows_to_certify(target)
+    fewest_distinct = fewest_rows_to_certify(target, distinct_scores=True)
     why = (f"{rows} rows are too few" if rows < fewest else
+           f"{rows} rows are too few for scores that differ" if rows < fewest_distinct else
            f"too many of the most certain of the {rows} rows are wrong")
     scope = ("every answer" if len(uncertified) == len(policies) else
              f"every answer at N = {', '.join(uncertified)}")
     return (f"no threshold certifies an error of at most {target:g} among unflagged answers "
-            f"(a threshold needs at least {fewest} unflagged calibration rows, all predicted "
-            f"correctly; {why}): the saved model will flag {scope}")
+            f"(that needs at least {fewest} calibration rows, all predicted correctly, and "
+            f"{fewest_distinct} when their scores all differ, as they do at N > 1; {why}): "
+            f"the saved model will flag {scope}")

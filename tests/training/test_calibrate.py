@@ -79,10 +79,11 @@ def test_an_import_too_small_to_certify_a_threshold_says_what_the_model_will_do(
     [warning] = captured.err.strip().splitlines()
     assert warning == (
         "uq-calibrate: warning: no threshold certifies an error of at most 0.02 among "
-        f"unflagged answers (a threshold needs at least {fewest_rows_to_certify(0.02)} "
-        "unflagged calibration rows, all predicted correctly; 120 rows are too few): the "
-        "saved model will flag every answer; calibrate on more rows, or allow a larger "
-        "--risk-target-error")
+        f"unflagged answers (that needs at least {fewest_rows_to_certify(0.02)} calibration "
+        "rows, all predicted correctly, and "
+        f"{fewest_rows_to_certify(0.02, distinct_scores=True)} when their scores all differ, "
+        "as they do at N > 1; 120 rows are too few): the saved model will flag every "
+        "answer; calibrate on more rows, or allow a larger --risk-target-error")
     [tag] = versions("uq-too-few")
     assert f"saved {tag}" in captured.out
     _, card, _ = load_classifier(tag)

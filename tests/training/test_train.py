@@ -59,9 +59,10 @@ def test_a_validation_split_too_small_to_certify_a_threshold_is_a_warning(tmp_pa
     [warning] = [line for line in err.splitlines() if "warning" in line]
     assert warning == (
         "uq-train: warning: no threshold certifies an error of at most 0.02 among unflagged "
-        "answers (a threshold needs at least 297 unflagged calibration rows, all predicted "
-        "correctly; 144 rows are too few): the saved model will flag every answer; hold out "
-        "more rows with --validation-fraction, or allow a larger --risk-target-error")
+        "answers (that needs at least 297 calibration rows, all predicted correctly, and 821 "
+        "when their scores all differ, as they do at N > 1; 144 rows are too few): the saved "
+        "model will flag every answer; hold out more rows with --validation-fraction, or "
+        "allow a larger --risk-target-error")
 
 
 class StopAfterSecondEpoch(keras.callbacks.Callback):

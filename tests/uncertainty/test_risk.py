@@ -84,3 +84,22 @@ def test_the_fewest_rows_that_can_certify_a_threshold(target_error):
         policy = calibrate_risk_policy(summary, right[1:], target_error)
         assert policy.threshold == FLAG_EVERYTHING
     assert fewest_rows_to_certify(0.02) == 297  # ln(0.01 / 4) / ln(0.98) = 296.6
+
+
+def distinct_answers(rows: int):
+    """Two samples of ``rows`` answers for class 0 whose every score differs from row to
+    row (confidence and the samples' spread both vary)."""
+    rng = np.random.default_rng(3)
+    confidence, spread = rng.uniform(0.6, 0.94, rows), rng.uniform(0.001, 0.05, rows)
+    samples = np.stack([confidence + spread, confidence - spread])  # [2, rows]
+    return summarize(np.stack([samples, 1 - samples], axis=-1))
+
+
+@pytest.mark.parametrize("target_error", [0.2, 0.05, 0.02])
+def test_the_fewest_rows_of_distinct_scores_that_can_certify_a_threshold(target_error):
+    fewest = fewest_rows_to_certify(target_error, distinct_scores=True)
+    assert fewest > 2 * fewest_rows_to_certify(target_error)  # the first step tests half
+    for rows, certifies in ((fewest, True), (fewest - 1, False)):
+        summary = distinct_answers(rows)
+        policy = calibrate_risk_policy(summary, np.zeros(rows, int), target_error)
+        assert (policy.threshold != FLAG_EVERYTHING) == certifies, rows
