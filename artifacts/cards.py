@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, computed_field, model_validator
@@ -12,6 +14,20 @@ from pydantic import BaseModel, ConfigDict, computed_field, model_validator
 from uncertainty.calibration import Calibration, for_n_samples
 from uncertainty.risk import RiskPolicy
 from uncertainty.sequential import AutoCalibration
+
+
+def image_shape(input_shape: Sequence[int]) -> tuple[int, ...] | None:
+    """The shape an uploaded image is read at for a model of ``input_shape``: the input
+    shape itself for grayscale or RGB images (``[height, width]``, ``[height, width, 1 or
+    3]``); a grayscale square for a flat input of a square size (64 -> ``[8, 8]``); None for
+    any other input, which has no image shape."""
+    if len(input_shape) == 2 or (len(input_shape) == 3 and input_shape[2] in (1, 3)):
+        return tuple(input_shape)
+    if len(input_shape) == 1:
+        side = math.isqrt(input_shape[0])
+        if side * side == input_shape[0]:
+            return side, side
+    return None
 
 
 class ModelCard(BaseModel):
@@ -52,6 +68,13 @@ class ModelCard(BaseModel):
     def calibration_for(self, n_samples: int) -> Calibration:
         """The calibration a prediction with ``n_samples`` samples uses."""
         return for_n_samples(self.calibrations, n_samples)
+
+    @computed_field
+    @property
+    def image_shape(self) -> list[int] | None:
+        """What /predict_image reads an upload at: :func:`image_shape` of the input."""
+        shape = image_shape(self.input_shape)
+        return None if shape is None else list(shape)
 
     @computed_field
     @property

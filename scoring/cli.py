@@ -12,6 +12,8 @@ batched or distributed. A rerun with the same settings resumes (locally: shards
 already written are skipped); with other settings it is refused. Bad input that
 stops the whole run is reported in one line with exit code 2; a row that cannot
 be used (an unreadable image) is listed by id in summary.json and the rest scored.
+summary.json also holds the drift of the scored rows against the card's
+calibration reference at N (scoring.output.drift_summary).
 """
 
 from __future__ import annotations

@@ -6,37 +6,40 @@
                        one shard per chunk, part-00000.parquet ..., each written to a
                        hidden temporary name and renamed, so a shard is whole or absent
     DIR/summary.json   written last, from the scores: counts, flagged fractions by
-                       reason, unreadable rows by id, the drift score when the card
-                       holds a calibration reference
+                       reason, unreadable rows by id, and the drift of the scored rows
+                       against the card's calibration reference at N
+                       (:func:`drift_summary`)
 
 Read the scores with ``pandas.read_parquet("DIR/scores")`` or any Parquet reader.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from scoring.sources import InputError
+from uncertainty import drift
 from uncertainty.calibration import REASONS
 
 MANIFEST, SUMMARY, SCORES = "run.json", "summary.json", "scores"
 #: unreadable rows listed by id in summary.json (all are counted)
 MAX_LISTED_UNREADABLE = 10_000
 _SHARD = re.compile(r"^part-(\d{5,})\.parquet$")
-DRIFT_NOTE = (
-    "no drift score: the model card holds no calibration reference (a stored "
-    "distribution of the calibration rows' scores) to compare this input against"
-)
-DRIFT_PENDING_NOTE = (
-    "no drift score: the card holds a calibration reference at this N, but uq-score does "
-    "not compare a batch against it yet"
+DRIFT_METHOD = (
+    "the service's drift statistic (uncertainty/drift.py) with one window holding every "
+    "scored row: chi-square of 10 equiprobable bins of each score's reference CDF value, "
+    "divided by 1 + rows / reference rows; about 9 for rows like the calibration rows, "
+    "growing with the rows when they differ. drifted: the largest is above the service's "
+    "alarm threshold"
 )
 
 
@@ -127,8 +130,14 @@ def summarize_scores(output: Path, run: dict[str, Any], card) -> dict[str, Any]:
     by_reason = dict.fromkeys(REASONS, 0)
     labels = dict.fromkeys(card.class_names, 0)
     unreadable_count, unreadable = 0, []
-    for batch in dataset.to_batches(columns=["id", "class_name", "flagged", "reasons", "error"]):
+    reference = next((c.reference for c in card.calibrations
+                      if c.n_samples == run["n_samples"]), None)
+    drift_counts = {name: np.zeros(drift.BINS, np.int64) for name in drift.SCORES}
+    for batch in dataset.to_batches(columns=["id", "class_name", "flagged", "reasons", "error",
+                                             "mutual_information", "confidence"]):
         rows += batch.num_rows
+        if reference is not None:
+            count_drift_bins(batch, reference, run["seed"], drift_counts)
         failed = pc.is_valid(batch.column("error"))
         failures = int(pc.sum(failed).as_py() or 0)
         scored += batch.num_rows - failures
@@ -165,7 +174,58 @@ def summarize_scores(output: Path, run: dict[str, Any], card) -> dict[str, Any]:
                         "threshold": calibration.risk_policy.threshold},
         "novelty_policy": {"metric": calibration.novelty_policy.metric,
                            "threshold": calibration.novelty_policy.threshold},
-        "drift": {"score": None, "note": DRIFT_NOTE if getattr(
-            calibration, "reference", None) is None else DRIFT_PENDING_NOTE},
+        "drift": drift_summary(reference, drift_counts, card.calibrated_n_samples,
+                               run["n_samples"]),
         "scores": str(output / SCORES),
     }
+
+
+def row_draws(ids: list[Any], seed: int) -> np.ndarray:
+    """Two uniform draws in [0, 1) per row ``[rows, 2]`` (one per drift score) from the run's
+    seed and the row's id: the drift test breaks ties with them, so its result does not
+    depend on the order in which a runner wrote the rows."""
+    key = hashlib.blake2b(f"uq-score drift\0{seed}".encode(), digest_size=16).digest()
+    digests = b"".join(hashlib.blake2b(str(row_id).encode(), digest_size=16, key=key).digest()
+                       for row_id in ids)
+    return (np.frombuffer(digests, "<u8").reshape(-1, 2) >> np.uint64(11)) * 2.0**-53
+
+
+def count_drift_bins(batch: pa.RecordBatch, reference: drift.DriftReference, seed: int,
+                     counts: dict[str, np.ndarray]) -> None:
+    """Add the scored rows of ``batch`` to each drift score's bin counts ``[bins]``."""
+    scored = batch.filter(pc.is_null(batch.column("error")))
+    if not scored.num_rows:
+        return
+    draws = row_draws(scored.column("id").to_pylist(), seed)
+    confidence = scored.column("confidence").to_numpy()
+    values = {"mutual_information": scored.column("mutual_information").to_numpy(),
+              "one_minus_confidence": 1.0 - confidence}
+    for column, name in enumerate(drift.SCORES):
+        uniform = drift.to_uniform(reference.scores[name], values[name], draws[:, column])
+        counts[name] += np.bincount(drift.to_bins(uniform), minlength=drift.BINS)
+
+
+def drift_summary(reference: drift.DriftReference | None, counts: dict[str, np.ndarray],
+                  calibrated_n_samples: list[int], n_samples: int) -> dict[str, Any]:
+    """summary.json's ``drift``: each score's :func:`uncertainty.drift.batch_statistic` of
+    the scored rows against the card's reference at ``n_samples``, the largest as
+    ``score``; or a null score and a note that says why there is none."""
+    scored = int(counts[drift.SCORES[0]].sum())
+    if reference is None:
+        calibrated = ", ".join(map(str, calibrated_n_samples))
+        why = (f"the card holds no calibration reference at N = {n_samples} (calibrated N: "
+               f"{calibrated}); scores move with N, so another N's reference would not do"
+               if n_samples not in calibrated_n_samples else
+               "the card was calibrated before calibration references were kept: "
+               "recalibrate it with uq-calibrate")
+        return {"score": None, "note": f"no drift score: {why}"}
+    if scored < drift.WINDOW:
+        return {"score": None, "note": f"no drift score: {scored} scored rows, fewer than the "
+                f"{drift.WINDOW} of the service's drift window"}
+    statistics = {name: round(drift.batch_statistic(counts[name], reference.rows), 3)
+                  for name in drift.SCORES}
+    score = max(statistics.values())
+    return {"score": score, "scores": statistics, "threshold": drift.THRESHOLD,
+            "drifted": score > drift.THRESHOLD, "rows": scored,
+            "reference_rows": reference.rows, "reference_n_samples": n_samples,
+            "method": DRIFT_METHOD}

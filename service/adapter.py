@@ -166,7 +166,7 @@ def error_message(body: bytes) -> str:
 def _pydantic_error(detail: dict) -> str:
     location = ".".join(str(part) for part in detail.get("loc", ()) if part != "body")
     message = str(detail.get("msg", "invalid value")).removeprefix("Value error, ")
-    return f"{location}: {message}" if location else message
+    return f"{location or 'request body'}: {message}"
 
 
 async def form_problem(body: bytes, content_type: bytes, file_field: str,

@@ -37,6 +37,7 @@ import binascii
 import dataclasses
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -46,6 +47,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from service.inputs import json_type
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,8 @@ CLOCK_SKEW_SECONDS = 300
 SECONDS_PER_BUCKET = 3600
 #: Most items in one POST /feedback.
 MAX_ITEMS = 1000
+#: Longest label string an error message repeats.
+MAX_SHOWN_CHARS = 40
 
 
 def model_hash(tag: str) -> bytes:
@@ -280,9 +285,9 @@ class Desk:
             except FeedbackError as error:
                 errors.append((index, error))
         if errors:
-            prefix = (lambda index: "") if single else (lambda index: f"{index}.")
             raise Rejected(errors[0][1].status,
-                           "; ".join(prefix(index) + error.message for index, error in errors),
+                           "; ".join(error.message if single else _at_item(index, error.message)
+                                     for index, error in errors),
                            [error.problem for _, error in errors])
         for item in judged:
             self.memory.remember(item.content, now)
@@ -290,9 +295,8 @@ class Desk:
 
     def _judge(self, item: Any, now: float, seen: set[int]) -> Judged:
         if not isinstance(item, dict) or set(item) != {"token", "label"}:
-            keys = sorted(item) if isinstance(item, dict) else type(item).__name__
             raise FeedbackError("malformed", 400, f'expected an object with "token" and '
-                                f'"label", got {keys}')
+                                f'"label", got {_item_kind(item)}')
         content = self.signer.verify(item["token"], now)
         label = self._label(item["label"])
         problem = self.memory.problem(content)
@@ -312,4 +316,33 @@ class Desk:
         raise FeedbackError("unknown_label", 400, f"label: expected a class index 0 to "
                             f"{len(self.class_names) - 1} or a class name "
                             f"({', '.join(self.class_names[:12])}"
-                            f"{', ...' if len(self.class_names) > 12 else ''}), got {label!r}")
+                            f"{', ...' if len(self.class_names) > 12 else ''}), got "
+                            f"{_shown(label)}")
+
+
+def _at_item(index: int, message: str) -> str:
+    """A message about item ``index`` of a list: ``0.token: ...``, or ``0: ...`` when the
+    message names no field of the item."""
+    located = message.startswith(("token:", "label:"))
+    return f"{index}.{message}" if located else f"{index}: {message}"
+
+
+def _item_kind(item: Any) -> str:
+    """What a feedback item that is not ``{"token", "label"}`` is, for a message."""
+    if not isinstance(item, dict):
+        return json_type(item)
+    if not item:
+        return "an empty object"
+    keys = sorted(item)
+    return (f"an object with the keys {', '.join(map(json.dumps, keys[:5]))}"
+            f"{', ...' if len(keys) > 5 else ''}")
+
+
+def _shown(value: Any) -> str:
+    """A JSON value as a message shows it: a number or a short string as JSON, else its
+    kind."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, str) and len(value) <= MAX_SHOWN_CHARS:
+        return json.dumps(value)
+    return json_type(value)

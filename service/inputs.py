@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 from typing import Annotated, Any
 
 import numpy as np
 from pydantic import AllowInfNan, Strict, TypeAdapter, ValidationError
+
+from artifacts.cards import image_shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +29,11 @@ class InputSpec:
     @property
     def size(self) -> int:
         return math.prod(self.input_shape)
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        """The shape an uploaded image is read at (artifacts.cards.image_shape), or None."""
+        return image_shape(self.input_shape)
 
     def describe(self) -> str:
         if len(self.input_shape) == 1:
@@ -81,7 +89,7 @@ def json_type(value: Any) -> str:
         return "an object"
     if isinstance(value, list):
         return "a list"
-    return type(value).__name__
+    return "a number"
 
 
 #: JSON numbers only (no booleans, strings or null), finite; checked in pydantic's
@@ -133,34 +141,49 @@ def _array_or_explanation(raw: list, expected: str) -> np.ndarray:
         )
     if bad:
         raise ValueError(f"expected {expected}, got {json_type(bad[0])} among the values")
-    array = values.astype(np.float64)
+    try:
+        array = values.astype(np.float64)
+    except OverflowError:  # an integer beyond float64's range
+        raise ValueError("values must be finite numbers, got an integer too large for a "
+                         "64-bit float") from None
     if not np.all(np.isfinite(array)):
         raise ValueError("values must be finite numbers, got NaN or Infinity")
     return array
 
 
-def parse_image(path: str, spec: InputSpec) -> np.ndarray:
-    """An uploaded PNG or JPEG as one instance: grayscale or RGB as the input's
-    channels, resized to the input's height and width, 0..255 mapped onto the
-    card's value range. Raises ValueError."""
-    from PIL import Image, UnidentifiedImageError
+IMAGE_FORMATS = ("PNG", "JPEG")
+#: What Pillow's decoders raise for a malformed file: their words are not for the caller.
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error,
+                           IndexError, TypeError)
 
-    height, width = spec.input_shape[:2]
-    channels = spec.input_shape[2] if len(spec.input_shape) == 3 else 1
-    if len(spec.input_shape) not in (2, 3) or channels not in (1, 3):
-        raise ValueError(f"this model takes {spec.describe()}, not images")
+
+def parse_image(path: str, spec: InputSpec) -> np.ndarray:
+    """An uploaded PNG or JPEG as one instance: read at the spec's image shape (grayscale
+    or RGB as its channels, resized to its height and width), 0..255 mapped onto the
+    card's value range. Raises ValueError with a message for the caller, whatever
+    Pillow raised."""
+    from PIL import Image
+
+    shape = spec.image_shape
+    if shape is None:
+        raise ValueError(f"this model takes {spec.describe()} and has no image shape; send "
+                         "the numbers to /predict")
+    height, width = shape[:2]
+    grayscale = len(shape) == 2 or shape[2] == 1
     try:
         with Image.open(path) as image:
-            if image.format not in ("PNG", "JPEG"):
-                raise ValueError(f"expected a PNG or JPEG image, got {image.format}")
-            converted = image.convert("L" if channels == 1 else "RGB").resize(
-                (width, height), Image.Resampling.BILINEAR
-            )
-            pixels = np.asarray(converted, dtype=np.float32)
+            image_format = image.format
+            if image_format in IMAGE_FORMATS:
+                converted = image.convert("L" if grayscale else "RGB").resize(
+                    (width, height), Image.Resampling.BILINEAR
+                )
+                pixels = np.asarray(converted, dtype=np.float32)
     except Image.DecompressionBombError:
         raise ValueError(f"expected at most {2 * Image.MAX_IMAGE_PIXELS} pixels, got a larger "
                          "image") from None
-    except (UnidentifiedImageError, OSError):
+    except UNREADABLE_IMAGE_ERRORS:
         raise ValueError("not a readable PNG or JPEG image") from None
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"expected a PNG or JPEG image, got {image_format}")
     low, high = spec.value_range
     return (low + pixels * ((high - low) / 255.0)).reshape(spec.input_shape).astype(np.float32)

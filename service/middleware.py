@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 from service import metrics, request_ids
@@ -68,7 +69,7 @@ class ServiceMiddleware:
             if path.startswith(OWN_CHECKS_PREFIX):
                 await self.app(scope, receive, send)
                 return
-            responder = _Responder(send)
+            responder = _Responder(send, scope["method"], path)
             if path not in JSON_ROUTES + MULTIPART_ROUTES:  # /docs.json, unknown paths (404)
                 await self.app(scope, receive, responder)
                 return
@@ -214,10 +215,12 @@ KEPT_ERROR_HEADERS = (b"retry-after", b"allow")
 class _Responder:
     """The app's ``send``: remembers the outcome (ok, client_error, server_error) and
     whether the request was refused for overload (429), and rewrites a 4xx body into
-    ``{"error": message}``."""
+    ``{"error": message}``; a body that is only the status's reason phrase (Starlette's
+    404 and 405) into one that says what was expected."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, method: str, path: str) -> None:
         self.send = send
+        self.method, self.path = method, path
         self.outcome = "ok"
         self.overloaded = False  # 429
         self.start: Message | None = None  # a held-back 4xx start
@@ -247,7 +250,17 @@ class _Responder:
             text = error_message(b"".join(self.chunks))
             kept = [(name, value) for name, value in self.start.get("headers", ())
                     if name.lower() in KEPT_ERROR_HEADERS]
+            if text == HTTPStatus(status).phrase:
+                text = self._explained(status, dict(kept).get(b"allow", b"").decode("latin-1"))
             await send_error(self.send, status, text, kept)
+
+    def _explained(self, status: int, allowed: str) -> str:
+        if status == 404:
+            return (f"no route at {self.path}; /docs.json lists the routes, /v2 the Open "
+                    "Inference Protocol's, and the web page is at /ui")
+        if status == 405 and allowed:
+            return f"{self.method} is not allowed on {self.path}; use {allowed}"
+        return HTTPStatus(status).phrase
 
 
 async def send_error(send: Send, status: int, message: str,

@@ -312,9 +312,11 @@ class GenerateResponse(BaseModel):
     samples: list[GeneratedSample]
 
 
-class FeedbackBody(RootModel[dict[str, Any] | list[Any]]):
-    """``POST /feedback``: ``{"token": ..., "label": ...}`` or a list of them. The items are
-    checked by service/feedback.py, which names and counts each problem."""
+class FeedbackBody(RootModel[Annotated[Any, WithJsonSchema({"oneOf": [
+        {"type": "object"}, {"type": "array", "items": {"type": "object"}}]})]]):
+    """``POST /feedback``: ``{"token": ..., "label": ...}`` or a list of them. The body and
+    its items are checked by service/feedback.py, which names and counts each problem
+    (pydantic's union would name its members' types instead)."""
 
 
 class FeedbackResult(BaseModel):

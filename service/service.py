@@ -277,7 +277,8 @@ class UQService:
         seed: Seed | None = None,
         return_samples: bool = False,
     ) -> PredictResponse:
-        """A PNG or JPEG upload (multipart field ``image``), converted as the card says."""
+        """A PNG or JPEG upload (multipart field ``image``), read at the card's
+        ``image_shape`` (service.inputs.parse_image); 400 for a model without one."""
         try:
             x = parse_image(str(image), self.predictor.spec)
         except ValueError as error:

@@ -13,11 +13,18 @@ split -> save the model with the new card to the store, as a new version.
 
 Data: without ``--data``, a stored model's own dataset, whose validation split
 (held out from train with the seed and fraction uq-train used) calibrates and
-whose test split judges. ``--data`` gives other data in the same way: its
-validation split (``--validation-fraction`` of ``x_train``, seeded) calibrates,
-its test split judges. For a model trained elsewhere, those rows must be ones
-it has not been trained on. Nothing is written to the store unless every step
+whose test split judges. ``--data`` gives a stored model other data in the same
+way: its validation split (``--validation-fraction`` of ``x_train``, seeded)
+calibrates, its test split judges. A model trained elsewhere (``--keras-model``)
+calibrates on every row of the data's ``x_train``, which must be rows it was not
+trained on, and is judged on ``x_test`` (without one, on a seeded fifth of
+``x_train`` held out first). Nothing is written to the store unless every step
 succeeds.
+
+A calibration whose rows are too few, or too often wrong among the most certain,
+certifies no threshold: the saved model then flags every answer at that N. The
+command says so in one line, with the fewest rows a threshold needs
+(uncertainty.risk.fewest_rows_to_certify), and still saves the model.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from artifacts.cards import ModelCard
+from artifacts.store import DEFAULT_CLASSIFIER_NAME, MODEL_FILE, save_classifier
 from commandline.arguments import (
     OneLineErrorParser,
     fail,
@@ -36,8 +45,14 @@ from commandline.arguments import (
     positive_integer,
     sample_counts,
 )
+from training.config import check_model_name
 from training.data import Dataset, DatasetError, load_dataset
-from uncertainty.calibration import DEFAULT_GRID, DEFAULT_NOVELTY_FALSE_ALARM_RATE
+from training.evaluation import evaluate_and_calibrate, uncertified_warning
+from uncertainty.calibration import (
+    DEFAULT_GRID,
+    DEFAULT_NOVELTY_FALSE_ALARM_RATE,
+    calibration_grid,
+)
 from uncertainty.sequential import DEFAULT_MAX_AUTO_SAMPLES
 
 PROG = "uq-calibrate"
@@ -48,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a classifier tag in the model store")
     source.add_argument("--keras-model", type=Path,
-                        help="a .keras classifier trained elsewhere, to import (needs --data)")
+                        help="a .keras classifier trained elsewhere, to import (needs --data): "
+                        "it calibrates on every row of the data's x_train and is judged on "
+                        "x_test (without one, on a seeded fifth of x_train held out first)")
     parser.add_argument("--data", help="calibration data: a dataset name or npz:PATH "
                         "(default for --model: the model's own dataset)")
     parser.add_argument("--model-name", help="store name to save under (default: the "
@@ -73,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='most samples of n_samples "auto", calibrated as its own N '
                         "(default: %(default)s)")
     parser.add_argument("--validation-fraction", type=open_fraction,
-                        help="share of the data's x_train that calibrates (default: the "
-                        "card's, or 0.1)")
+                        help="--model only: share of the data's x_train that calibrates "
+                        "(default: the card's)")
     parser.add_argument("--seed", type=int, help="(default: the card's, or 0)")
     return parser
 
@@ -83,8 +100,6 @@ def stored_model(tag: str) -> tuple[Any, dict[str, Any], str]:
     """The Keras model, its card as stored (any version of the card) and the full tag."""
     import bentoml
     import keras
-
-    from artifacts.store import MODEL_FILE
 
     try:
         model_ref = bentoml.models.get(tag)
@@ -109,7 +124,7 @@ def keras_file(path: Path) -> Any:
 def check_fits(model: Any, dataset: Dataset) -> None:
     """Raises ValueError unless ``dataset``'s rows and labels are ``model``'s input and
     output, and the engine can sample the model (dropout, a softmax output)."""
-    from uncertainty.mc import MCEngine
+    from uncertainty.mc import MCEngine  # imports TensorFlow, once main has quieted its logs
 
     input_shape = tuple(model.inputs[0].shape[1:])
     if input_shape != dataset.input_shape:
@@ -138,14 +153,9 @@ def max_norm_value(model: Any) -> float:
     return float(max(values, default=0.0))
 
 
-def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any]:
-    """Everything after parsing; raises ValueError or DatasetError with one line."""
-    from artifacts.cards import ModelCard
-    from artifacts.store import DEFAULT_CLASSIFIER_NAME, save_classifier
-    from training.config import check_model_name
-    from training.evaluation import evaluate_and_calibrate
-    from uncertainty.calibration import calibration_grid
-
+def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any, int]:
+    """Everything after parsing: the saved tag, its card and the number of calibration
+    rows; raises ValueError or DatasetError with one line."""
     if args.max_auto_samples < 2:
         raise ValueError(f"--max-auto-samples must be >= 2 (a standard error needs two "
                          f"samples), got {args.max_auto_samples}")
@@ -155,6 +165,9 @@ def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any]:
     else:
         if not args.data:
             raise ValueError("--keras-model needs --data: the rows to calibrate on")
+        if args.validation_fraction is not None:
+            raise ValueError("--validation-fraction applies to --model only: an imported "
+                             "model calibrates on every row of the data's x_train")
         model, stored, tag = keras_file(args.keras_model), {}, str(args.keras_model)
         name = args.model_name or DEFAULT_CLASSIFIER_NAME
     check_model_name(name)
@@ -171,11 +184,12 @@ def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any]:
     data = args.data or stored["dataset"]
     dataset = load_dataset(data, options["validation_fraction"], options["seed"])
     check_fits(model, dataset)
+    x_calibration, y_calibration = calibration_rows(dataset, imported=not args.model)
     grid = calibration_grid(args.samples, options["n_samples"])
-    print(f"calibrating {tag} on {len(dataset.x_val)} rows of {data} at N = "
+    print(f"calibrating {tag} on {len(x_calibration)} rows of {data} at N = "
           f"{', '.join(map(str, grid))}", flush=True)
     evaluation = evaluate_and_calibrate(
-        model, dataset.x_val, dataset.y_val, dataset.x_test, dataset.y_test,
+        model, x_calibration, y_calibration, dataset.x_test, dataset.y_test,
         n_samples=options["n_samples"], calibration_grid=grid,
         risk_target_error=options["risk_target_error"],
         conformal_alpha=options["conformal_alpha"],
@@ -197,7 +211,19 @@ def calibrate_and_save(args: argparse.Namespace) -> tuple[str, Any]:
         training={**training, "calibrated_from": tag, "calibration_data": data},
         auto_calibration=evaluation.auto_calibration,
     )
-    return save_classifier(model, card, name), card
+    return save_classifier(model, card, name), card, len(x_calibration)
+
+
+def calibration_rows(dataset: Dataset, imported: bool) -> tuple[Any, Any]:
+    """The rows that calibrate ``[rows, *input_shape]`` and their labels: a stored model's
+    validation split, held out from its training; for an imported model, trained on
+    none of the data, every row of x_train."""
+    import numpy as np
+
+    if not imported:
+        return dataset.x_val, dataset.y_val
+    return (np.concatenate([dataset.x_train, dataset.x_val]),
+            np.concatenate([dataset.y_train, dataset.y_val]))
 
 
 def _given(value: Any, default: Any) -> Any:
@@ -239,11 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        tag, card = calibrate_and_save(args)
+        tag, card, rows = calibrate_and_save(args)
     except (ValueError, DatasetError) as error:
         return fail(PROG, str(error))
     print(calibration_table(card))
     print(f"saved {tag}")
+    warning = uncertified_warning(card, rows)
+    if warning:
+        print(f"{PROG}: warning: {warning}; calibrate on more rows, or allow a larger "
+              "--risk-target-error", file=sys.stderr)
     return 0
 
 

@@ -16,7 +16,13 @@ import numpy as np
 
 from uncertainty import metrics
 from uncertainty.calibration import Calibration, calibrate, decide, for_n_samples
-from uncertainty.risk import RISK_DELTA, error_upper_bound, risk_scores
+from uncertainty.risk import (
+    FLAG_EVERYTHING,
+    RISK_DELTA,
+    error_upper_bound,
+    fewest_rows_to_certify,
+    risk_scores,
+)
 from uncertainty.sequential import (
     DEFAULT_MAX_AUTO_SAMPLES,
     FIRST_ROUND_SAMPLES,
@@ -463,3 +469,26 @@ def flag_fractions(summary, calibration) -> dict[str, float]:
     return {"flagged_fraction": float(decision.flagged.mean()),
             "error_risk_fraction": float(decision.error_risk.mean()),
             "novelty_fraction": float(decision.novel.mean())}
+
+
+def uncertified_warning(card: Any, rows: int) -> str | None:
+    """What a calibration of ``card`` on ``rows`` rows that certified no threshold means
+    (the saved model flags every answer at its N), in one line; None when all did."""
+    policies = [(str(c.n_samples), c.risk_policy) for c in card.calibrations]
+    if card.auto_calibration is not None:
+        policies.append(('"auto"', card.auto_calibration.risk_policy))
+    uncertified = [n for n, policy in policies if policy.threshold == FLAG_EVERYTHING]
+    if not uncertified:
+        return None
+    target = card.risk_policy.target_error
+    fewest = fewest_rows_to_certify(target)
+    fewest_distinct = fewest_rows_to_certify(target, distinct_scores=True)
+    why = (f"{rows} rows are too few" if rows < fewest else
+           f"{rows} rows are too few for scores that differ" if rows < fewest_distinct else
+           f"too many of the most certain of the {rows} rows are wrong")
+    scope = ("every answer" if len(uncertified) == len(policies) else
+             f"every answer at N = {', '.join(uncertified)}")
+    return (f"no threshold certifies an error of at most {target:g} among unflagged answers "
+            f"(that needs at least {fewest} calibration rows, all predicted correctly, and "
+            f"{fewest_distinct} when their scores all differ, as they do at N > 1; {why}): "
+            f"the saved model will flag {scope}")

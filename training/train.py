@@ -42,7 +42,11 @@ from training.config import (
     TrainConfig,
 )
 from training.data import DATASET_NAMES, Dataset, DatasetError, load_dataset
-from training.evaluation import evaluate_and_calibrate, risk_coverage_curves
+from training.evaluation import (
+    evaluate_and_calibrate,
+    risk_coverage_curves,
+    uncertified_warning,
+)
 from uncertainty.metrics import reliability_bins
 
 
@@ -325,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(summary_table(result.tag, result.card))
     print(f"reports in {result.report_path.parent}")
+    warning = uncertified_warning(result.card, len(dataset.x_val))
+    if warning:
+        print(f"uq-train: warning: {warning}; hold out more rows with --validation-fraction, "
+              "or allow a larger --risk-target-error", file=sys.stderr)
     return 0
 
 

@@ -95,13 +95,13 @@ def reference_of(scores: Mapping[str, np.ndarray]) -> DriftReference:
                                              for name in SCORES})
 
 
-def to_uniform(reference: ScoreReference, scores: np.ndarray,
-               rng: np.random.Generator) -> np.ndarray:
+def to_uniform(reference: ScoreReference, scores: np.ndarray, draws: np.ndarray) -> np.ndarray:
     """The reference CDF at each score ``[m]``: values in [0, 1] ``[m]``, uniform when the
     scores are distributed as the reference's. A score of 0 maps uniformly into [0,
     zero_fraction]; a positive one to zero_fraction + (1 - zero_fraction) G(score),
     G the positive scores' CDF interpolated linearly between quantiles, uniformly
-    across the levels a score ties with."""
+    across the levels a score ties with. ``draws`` ``[m]``, uniform in [0, 1), break
+    the ties."""
     scores = np.asarray(scores, dtype=np.float64)
     quantiles = np.asarray(reference.quantiles)
     levels = len(quantiles) - 1
@@ -112,7 +112,6 @@ def to_uniform(reference: ScoreReference, scores: np.ndarray,
     width = quantiles[below + 1] - quantiles[below]
     fraction = np.clip((scores - quantiles[below]) / np.where(width > 0, width, 1.0), 0.0, 1.0)
     positive = np.where(left == 0, 0.0, np.where(left > levels, 1.0, (below + fraction) / levels))
-    draws = rng.random(len(scores))
     tie = right > left  # equal to one or more quantiles: spread over the levels it spans
     positive = np.where(tie, (left + draws * (right - 1 - left)) / levels, positive)
     return np.where(scores > 0, zero + (1.0 - zero) * positive, draws * zero)
@@ -144,6 +143,18 @@ def window_statistics(bins: np.ndarray, window: int = WINDOW, n_bins: int = BINS
         in_window = counts[..., window:, :] - counts[..., :-window, :]  # [..., full, bins]
         statistics[..., window - 1:] = ((in_window - expected) ** 2).sum(axis=-1) / expected
     return statistics[..., bins.shape[-1] - new:]
+
+
+def batch_statistic(counts: np.ndarray, reference_rows: int) -> float:
+    """The detector's statistic with one window holding a whole batch: the chi-square of
+    the batch's bin counts ``[bins]`` against an equal share each, divided by 1 + batch
+    / reference_rows (the reference's own sampling error), as :class:`DriftDetector`
+    divides its windows'. About 9 (the bins less one) for a batch like the calibration
+    rows, growing with the batch's size when it is not."""
+    counts = np.asarray(counts, dtype=np.float64)
+    batch = counts.sum()
+    expected = batch / len(counts)
+    return float(((counts - expected) ** 2).sum() / expected / (1.0 + batch / reference_rows))
 
 
 def null_maxima(runs: int, run_length: int = RUN_LENGTH, window: int = WINDOW,
@@ -210,7 +221,7 @@ class DriftDetector:
             for n in np.unique(n_samples):
                 rows = n_samples == n
                 uniform[rows] = to_uniform(self.references[int(n)].scores[name], values[rows],
-                                           self.rng)
+                                           self.rng.random(int(rows.sum())))
             bins = to_bins(uniform, self.n_bins)
             statistics[name] = window_statistics(
                 bins, self.window, self.n_bins, self.history[name]) / self.reference_factor

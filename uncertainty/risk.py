@@ -143,6 +143,35 @@ def _guaranteed_threshold(
     return float(curve.thresholds[low]), float(curve.coverage[low]), float(curve.risk[low])
 
 
+def fewest_rows_to_certify(target_error: float, distinct_scores: bool = False) -> int:
+    """The fewest calibration rows, all predicted correctly, with which
+    :func:`calibrate_risk_policy` certifies ``target_error`` for a threshold that leaves
+    answers unflagged; with fewer, every answer is flagged (:data:`FLAG_EVERYTHING`).
+
+    Rows with errors need more. In general: the smallest k whose Clopper-Pearson bound on
+    0 errors in k rows meets the target at the least confidence the search uses (one
+    step), a floor for any rows. With ``distinct_scores`` (every row's score differs, as
+    with more than one sample): the fewest for which the search's first step, the most
+    certain half of the rows at the confidence of a search over all of them, passes."""
+    if not 0.0 < target_error < 1.0:
+        raise ValueError(f"target_error must lie in (0, 1), got {target_error}")
+    confidence = 1.0 - RISK_DELTA / len(RISK_SCORES)
+    if distinct_scores:
+        rows = 1
+        while error_upper_bound(0, (rows - 1) // 2 + 1, 1.0 - (1.0 - confidence) / math.ceil(
+                math.log2(rows + 1))) > target_error:
+            rows += 1
+        return rows
+    # 0 errors in k: the bound is 1 - (1 - confidence)^(1/k); from its closed form ...
+    rows = math.ceil(math.log(1.0 - confidence) / math.log(1.0 - target_error))
+    # ... to the bound as the search computes it, past any rounding
+    while rows > 1 and error_upper_bound(0, rows - 1, confidence) <= target_error:
+        rows -= 1
+    while error_upper_bound(0, rows, confidence) > target_error:
+        rows += 1
+    return rows
+
+
 @dataclasses.dataclass(frozen=True)
 class NoveltyPolicy:
     metric: str  # an epistemic score of risk_scores()

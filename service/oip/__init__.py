@@ -11,7 +11,8 @@ version its store version; any other name or version: 404. One input tensor
 (any name): a numeric datatype of the protocol, shape ``[batch, *input_shape]``
 or ``[batch, size]``, data flat or nested in row-major order, or binary (the
 binary tensor data extension). Output tensors are named as the prediction's
-fields (:data:`OUTPUTS`, with the N each row used); the request's ``outputs``
+fields (:data:`OUTPUTS`, with the N each row used and each row's
+``feedback_token``, which ``POST /feedback`` redeems); the request's ``outputs``
 selects a subset, its ``parameters`` carry what ``/predict`` reads (``n_samples``, an
 integer or "auto"; ``latency_budget_ms`` and ``min_samples``; ``seed``;
 ``risk_threshold``), and the response's ``parameters`` report the N used, whether a

@@ -202,8 +202,9 @@ class OpenInferenceProtocol:
         decompressor = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
         try:
             content = decompressor.decompress(bytes(body), self.max_body_bytes + 1)
-        except zlib.error as error:
-            raise bad(f"the body is not valid {encoding} data: {error}") from None
+        except zlib.error:
+            raise bad(f"the body is not valid {encoding} data; send it compressed as its "
+                      "Content-Encoding says, or uncompressed without one") from None
         if len(content) > self.max_body_bytes or decompressor.unconsumed_tail:
             raise too_large
         return content

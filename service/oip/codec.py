@@ -70,10 +70,11 @@ def parse_infer_request(
     checked arrays and options; raises ProtocolError (400)."""
     binary = b""
     if header_length is not None:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
+        digits = header_length.strip()
+        if not (digits.isascii() and digits.isdigit()) or int(digits) > len(body):
             raise bad(f"{HEADER_LENGTH}: expected the JSON header's length in bytes, at "
-                       f"most the body's {len(body)}, got {header_length!r}")
-        body, binary = body[:int(header_length)], body[int(header_length):]
+                      f"most the body's {len(body)}, got {header_length!r}")
+        body, binary = body[:int(digits)], body[int(digits):]
     try:
         request = InferenceRequest.model_validate_json(body)
     except ValidationError as error:

@@ -36,7 +36,8 @@ NUMERIC_DATATYPES = {
     "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
 }
 #: Output datatypes as numpy types.
-OUTPUT_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "BOOL": np.dtype(bool)}
+OUTPUT_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "BOOL": np.dtype(bool),
+                 "BYTES": np.dtype(object)}
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ OUTPUTS = {
     "flagged": OutputTensor("BOOL", per_class=False),
     "prediction_set": OutputTensor("BOOL", per_class=True),
     "n_samples": OutputTensor("INT64", per_class=False),
+    "feedback_token": OutputTensor("BYTES", per_class=False),
 }
 #: The outputs the classification extension applies to (class scores).
 CLASSIFIABLE = ("probabilities", "std")

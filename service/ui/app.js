@@ -100,9 +100,16 @@ async function start() {
   document.body.dataset.ready = "true";
 }
 
+// Whether uploads and drawings are gray images: the card's image_shape is the shape the
+// service reads an upload at (a flat input of a square size is a gray square), or null.
 function grayscale(card) {
-  const shape = card.input_shape;
-  return shape.length === 2 || (shape.length === 3 && shape[2] === 1);
+  const shape = card.image_shape;
+  return Boolean(shape) && (shape.length === 2 || shape[2] === 1);
+}
+
+function imageShapeText(card) {
+  if (!card.image_shape) return "no image shape: send numbers to /predict";
+  return `images read at ${card.image_shape.slice(0, 2).join(" × ")}`;
 }
 
 function renderCardLine(card) {
@@ -137,7 +144,8 @@ async function renderExamples(card) {
     const response = await fetch(`${EXAMPLES}examples.json`);
     if (response.ok) examples = await response.json();
   } catch (ignored) { /* no examples */ }
-  const fits = (example) => example.shape.join("x") === card.input_shape.slice(0, 2).join("x");
+  const fits = (example) =>
+    Boolean(card.image_shape) && example.shape.join("x") === card.image_shape.slice(0, 2).join("x");
   const button = (example) => {
     const node = element("button", {type: "button", class: "example"});
     const image = element("img", {src: EXAMPLES + example.file, alt: ""});
@@ -517,7 +525,7 @@ function setUpDrawing(card) {
     $("draw-unavailable").hidden = false;
     return;
   }
-  const [height, width] = card.input_shape;
+  const [height, width] = card.image_shape;
   const canvas = $("draw-canvas");
   canvas.width = width;
   canvas.height = height;
@@ -631,7 +639,7 @@ function readDrawing(canvas, card) {
     }
     rows.push(row);
   }
-  return rows;
+  return card.input_shape.length === 1 ? rows.flat() : rows;
 }
 
 // ---------------------------------------------------------------- generated samples
@@ -698,7 +706,8 @@ function renderModelCard(card) {
     ["Model", card.model],
     ["Dataset", card.dataset],
     ["Classes", card.class_names.join(", ")],
-    ["Input", `${card.input_shape.join(" × ")}, values ${card.value_range.join(" to ")}`],
+    ["Input", `${card.input_shape.join(" × ")}, values ${card.value_range.join(" to ")}; ` +
+      imageShapeText(card)],
     ["Architecture", card.architecture || "—"],
     ["Default N", String(card.default_n_samples)],
     ["Conformal α", card.conformal_alpha !== undefined ? String(card.conformal_alpha) : "—"],

@@ -23,6 +23,7 @@ from tests.scoring.conftest import (
     write_images,
     write_npz,
 )
+from training.data import load_dataset
 
 COLUMNS = ["id", "label", "class_name", "confidence", "probabilities", "std",
            "predictive_entropy", "expected_entropy", "mutual_information", "risk_score",
@@ -69,9 +70,27 @@ def test_scores_every_row_with_a_summary(reference, classifier_tag, stored):
     assert summary["flagged_by_reason"]["novelty"] == {"count": novel, "fraction": novel / 300}
     assert sum(summary["labels"].values()) == 300
     assert summary["unreadable"] == {"count": 0, "listed": 0, "rows": []}
-    assert summary["drift"]["score"] is None  # no batch drift test yet: the note says why
-    assert summary["drift"]["note"].startswith("no drift score: the ")
+    assert summary["drift"]["rows"] == 300 and summary["drift"]["reference_n_samples"] == 8
+    assert summary["drift"]["score"] == max(summary["drift"]["scores"].values())
     assert summary["runner"]["kind"] == "local" and summary["runner"]["chunks"] == 3
+
+
+def test_the_summary_scores_drift_against_the_calibration_reference(classifier_tag, tmp_path):
+    digits = load_dataset("digits").x_test  # 360 rows drawn as the calibration rows were
+    inputs = {"digits": digits, "inverted": 16 - digits, "few": digits[:150]}
+    drift = {}
+    for name, x in inputs.items():
+        assert score(classifier_tag, write_npz(tmp_path / f"{name}.npz", x),
+                     tmp_path / name) == 0
+        drift[name] = json.loads((tmp_path / name / SUMMARY).read_text())["drift"]
+    assert drift["inverted"]["score"] > 2 * drift["digits"]["score"]
+    assert drift["inverted"]["drifted"] and not drift["digits"]["drifted"]
+    assert drift["few"] == {"score": None, "note": "no drift score: 150 scored rows, fewer "
+                            "than the 200 of the service's drift window"}
+    assert score(classifier_tag, write_npz(tmp_path / "n3.npz", digits), tmp_path / "n3",
+                 "--n-samples", "3") == 0
+    note = json.loads((tmp_path / "n3" / SUMMARY).read_text())["drift"]["note"]
+    assert note.startswith("no drift score: the card holds no calibration reference at N = 3")
 
 
 def test_other_chunk_and_batch_sizes_give_the_same_bits(reference, classifier_tag, backlog,

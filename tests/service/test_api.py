@@ -5,13 +5,18 @@ import json
 import struct
 import zlib
 
+import bentoml
 import numpy as np
 import pytest
 from PIL import Image
 
 from service.adapter import current_service
 from service.door import Door
+from service.predictor import Predictor
 from tests.conftest import assert_error
+from training.config import ModelConfig, TrainConfig
+from training.data import load_dataset
+from training.train import train
 
 DIGIT = [float(v % 17) for v in range(64)]  # a valid 8 x 8 instance in [0, 16]
 
@@ -68,9 +73,9 @@ def test_flat_shaped_and_integer_instances_read_alike(client):
         ({"instances": [DIGIT[:63] + [True]]}, ["got a boolean"]),
         ({"instances": [DIGIT[:63] + [17]]}, ["range [0, 16]"]),
         ({"instances": []}, ["instances", "at least 1 item"]),
-        ({"instances": 5}, ["instances: expected a list of instances, got int"]),
+        ({"instances": 5}, ["instances: expected a list of instances, got a number"]),
         ({"instances": "abc"}, ["instances: expected a list of instances, got a string"]),
-        ({"instances": [5]}, ["instances: instance 0: expected 64 numbers", "got int"]),
+        ({"instances": [5]}, ["instances: instance 0: expected 64 numbers", "got a number"]),
         ({"instances": [DIGIT] * 17}, ["instances", "at most 16 items"]),
         ({"instances": [DIGIT], "n_samples": 0}, ["n_samples", "greater than or equal to 1"]),
         ({"instances": [DIGIT], "n_samples": 201}, ["n_samples", "less than or equal to 200"]),
@@ -80,7 +85,9 @@ def test_flat_shaped_and_integer_instances_read_alike(client):
         ({"instances": [DIGIT], "risk_threshold": -1}, ["risk_threshold"]),
         ({"instances": [DIGIT], "temperature": 2}, ["temperature", "Extra inputs"]),
         ({"n_samples": 3}, ["instances", "Field required"]),
-        ([DIGIT], ["object"]),
+        ({"instances": [DIGIT[:63] + [10**400]]},  # pydantic reads it, numpy cannot
+         ["instances: instance 0: values must be finite numbers, got an integer too large"]),
+        ([DIGIT], ["request body: Input should be an object"]),
     ],
 )
 def test_bad_predict_bodies_name_the_field(client, body, fragments):
@@ -96,8 +103,10 @@ def test_malformed_json_wrong_content_type_and_wrong_method(client):
     assert_error(post(client, "/predict", '{"instances": [['), 400, "Invalid JSON")
     assert_error(post(client, "/predict", {"instances": [DIGIT]}, "text/plain"), 415,
                  "Content-Type must be application/json")
-    assert_error(client.get("/predict"), 405)
-    assert_error(post(client, "/no_such_route", {}), 404, "Not Found")
+    assert_error(client.get("/predict"), 405, "GET is not allowed on /predict; use POST")
+    assert_error(post(client, "/no_such_route", {}), 404, "no route at /no_such_route; "
+                 "/docs.json lists the routes")
+    assert_error(client.get("/ui/no_such_file.js"), 404, "no route at /ui/no_such_file.js")
 
 
 def test_oversized_body_gets_413(client):
@@ -110,6 +119,8 @@ def test_bad_batched_items_are_refused_per_request(client):
                     {"items": [{"instance": DIGIT}, {"instance": DIGIT[:5], "n_samples": 0}]})
     assert_error(response, 400, "items.1.instance", "got shape 5", "items.1.n_samples")
     assert_error(post(client, "/predict_batched", {"items": []}), 400, "items")
+    assert_error(post(client, "/predict_batched", {"items": [{"instance": [10**400] * 64}]}), 400,
+                 "items.0.instance: values must be finite numbers, got an integer too large")
     response = post(client, "/predict_batched", {"items": [{"instance": "x"}]})
     assert_error(response, 400, "items.0.instance: expected 64 numbers", "got a string")
     assert response.json()["error"].count("items.0.instance") == 1  # one message, one place
@@ -288,3 +299,68 @@ def test_an_overloaded_service_refuses_at_the_door_with_retry_after(client, monk
                      "retry later")
         assert int(response.headers["retry-after"]) >= 1
     assert post(client, "/metadata", {}).status_code == 200  # not a prediction route
+
+
+@pytest.fixture(scope="module")
+def flat_tags(tmp_path_factory) -> dict[int, str]:
+    """Tiny classifiers of digits given as flat rows, by row size: all 64 pixels (a square
+    size, read from an image at 8 x 8) and the first 5 (no image shape)."""
+    digits = load_dataset("digits")
+    tags = {}
+    for size in (64, 5):
+        path = tmp_path_factory.mktemp("flat") / f"flat{size}.npz"
+        np.savez(path, x_train=digits.x_train.reshape(-1, 64)[:, :size],
+                 y_train=digits.y_train, x_test=digits.x_test.reshape(-1, 64)[:, :size],
+                 y_test=digits.y_test)
+        config = TrainConfig(dataset=f"npz:{path}", model_name=f"uq-test-flat{size}", epochs=1,
+                             n_samples=4, calibration_samples=(4,),
+                             output_dir=tmp_path_factory.mktemp("train"),
+                             model=ModelConfig(hidden_units=(16,)))
+        tags[size] = train(config, load_dataset(config.dataset)).tag
+    return tags
+
+
+@pytest.fixture
+def serve_flat(client, flat_tags, monkeypatch):
+    """Serve one of ``flat_tags``' models in place of the session's: ``serve_flat(size)``."""
+    service = current_service()
+
+    def serve(size: int) -> None:
+        predictor = Predictor.load(bentoml.models.get(flat_tags[size]), None, warm_up_batch=1)
+        monkeypatch.setattr(service, "predictor", predictor)
+        monkeypatch.setattr(service.scheduler, "predictor", predictor)
+
+    return serve
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_flat_model_of_a_square_size_reads_images_at_that_square(client, serve_flat):
+    serve_flat(64)
+    assert post(client, "/metadata", {}).json()["image_shape"] == [8, 8]
+    pixels = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+    files = {"image": ("x.png", png(pixels), "image/png"), "seed": (None, "3")}
+    from_image = client.post("/predict_image", files=files)
+    assert from_image.status_code == 200, from_image.text
+    values = pixels.reshape(1, 64) * np.float32(16 / 255)  # 0..255 onto the card's [0, 16]
+    predictor = current_service().predictor  # the flat model: /predict still reads the 8 x 8 card's
+    [expected] = predictor.predict(values, n_samples=predictor.default_samples, seed=3)
+    [answer] = from_image.json()["predictions"]
+    assert np.allclose(answer["probabilities"], expected.probabilities, atol=1e-5)
+
+
+def test_a_flat_model_without_an_image_shape_says_so(client, serve_flat):
+    serve_flat(5)
+    assert post(client, "/metadata", {}).json()["image_shape"] is None
+    files = {"image": ("x.png", png(np.zeros((8, 8), np.uint8)), "image/png")}
+    assert_error(client.post("/predict_image", files=files), 400,
+                 "image: this model takes 5 numbers and has no image shape; send the numbers "
+                 "to /predict")
+
+
+def test_metadata_names_the_image_shape_of_uploads(client):
+    assert post(client, "/metadata", {}).json()["image_shape"] == [8, 8]

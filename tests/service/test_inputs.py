@@ -79,3 +79,31 @@ def test_unreadable_and_unsupported_images_are_refused(tmp_path):
     gif.write_bytes(image_bytes(np.zeros((4, 4), np.uint8), "GIF").getvalue())
     with pytest.raises(ValueError, match="expected a PNG or JPEG image, got GIF"):
         parse_image(str(gif), spec)
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "image_shape"),
+    [((8, 8), (8, 8)), ((8, 8, 1), (8, 8, 1)), ((8, 8, 3), (8, 8, 3)), ((64,), (8, 8)),
+     ((784,), (28, 28)), ((5,), None), ((8, 8, 2), None), ((2, 4, 4, 1), None)],
+)
+def test_the_image_shape_of_uploads(input_shape, image_shape):
+    assert InputSpec(input_shape, (0.0, 1.0)).image_shape == image_shape
+
+
+def test_a_flat_input_of_a_square_size_reads_images_as_gray_squares(tmp_path):
+    path = tmp_path / "gray.png"
+    pixels = np.arange(16, dtype=np.uint8).reshape(4, 4) * 17
+    path.write_bytes(image_bytes(np.stack([pixels] * 3, axis=-1), "PNG").getvalue())
+    x = parse_image(str(path), InputSpec(input_shape=(16,), value_range=(0.0, 255.0)))
+    np.testing.assert_array_equal(x, pixels.ravel())
+
+
+@pytest.mark.parametrize(("input_shape", "described"),
+                         [((5,), "5 numbers"), ((4, 4, 2), "32 numbers or a 4 x 4 x 2")])
+def test_an_input_without_an_image_shape_refuses_images_in_words(tmp_path, input_shape,
+                                                                  described):
+    path = tmp_path / "x.png"
+    path.write_bytes(image_bytes(np.zeros((4, 4), np.uint8), "PNG").getvalue())
+    with pytest.raises(ValueError, match=f"this model takes {described}.* and has no image "
+                       "shape; send the numbers to /predict"):
+        parse_image(str(path), InputSpec(input_shape, (0.0, 255.0)))

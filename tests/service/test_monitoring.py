@@ -147,7 +147,19 @@ def test_refused_feedback_names_the_problem_is_counted_and_changes_nothing(clien
 
 
 def test_feedback_bodies_that_are_not_json_objects_or_lists_are_refused(client):
-    assert_error(post(client, "/feedback", "3"), 400)
+    expected = 'expected {"token": ..., "label": ...} or a non-empty list of them'
+    assert_error(post(client, "/feedback", "3"), 400, expected)
+    assert_error(post(client, "/feedback", '"x"'), 400, expected)
+    assert_error(post(client, "/feedback", [1, {}, {"token": "x"}]), 400,
+                 '0: expected an object with "token" and "label", got a number; '
+                 '1: expected an object with "token" and "label", got an empty object; '
+                 '2: expected an object with "token" and "label", got an object with the '
+                 'keys "token"')
+    [token] = [p["feedback_token"] for p in predict(client).json()["predictions"]]
+    assert_error(post(client, "/feedback", [{"token": token, "label": None}]), 400,
+                 "0.label: expected a class index 0 to 9 or a class name", "got null")
+    assert_error(post(client, "/feedback", {"token": token, "label": "x" * 100}), 400,
+                 "label: expected a class index", "got a string")
     assert_error(post(client, "/feedback", '{"token": '), 400, "Invalid JSON")
     assert_error(post(client, "/feedback", {"token": "x", "label": 1}, "text/plain"), 415)
 

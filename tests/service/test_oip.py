@@ -82,6 +82,7 @@ def test_model_metadata_and_readiness(v2, model):
         "expected_entropy": ("FP32", [-1]), "mutual_information": ("FP32", [-1]),
         "risk_score": ("FP32", [-1]), "flagged": ("BOOL", [-1]),
         "prediction_set": ("BOOL", [-1, 10]), "n_samples": ("INT64", [-1]),
+        "feedback_token": ("BYTES", [-1]),
     }
     assert v2.is_model_ready(name) and v2.is_model_ready(name, version)
     assert not v2.is_model_ready("no-such-model")
@@ -123,9 +124,30 @@ def test_json_and_binary_answers_agree(v2, model, digits):
     as_json = infer(v2, name, digits, outputs=list(OUTPUTS), seed=9)
     as_binary = infer(v2, name, digits, outputs=list(OUTPUTS), binary=True, seed=9)
     binary_input = v2.infer(name, [image_input(digits, binary=True)], parameters={"seed": 9})
-    for output in OUTPUTS:
+    for output in set(OUTPUTS) - {"feedback_token"}:  # a token is new in every answer
         assert np.array_equal(as_json.as_numpy(output), as_binary.as_numpy(output)), output
         assert np.array_equal(as_json.as_numpy(output), binary_input.as_numpy(output)), output
+
+
+def text(tokens: np.ndarray) -> list[str]:
+    """BYTES elements as strings (tritonclient gives binary ones as bytes)."""
+    return [t.decode() if isinstance(t, bytes) else t for t in tokens.tolist()]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_feedback_tokens_of_v2_answers_are_redeemed_by_feedback(v2, http, model, digits,
+                                                                  binary):
+    result = infer(v2, model[0], digits, outputs=["label", "n_samples", "feedback_token"],
+                   binary=binary)
+    tokens = text(result.as_numpy("feedback_token"))
+    assert len(tokens) == len(digits) == len(set(tokens))
+    feedback = [{"token": token, "label": 3} for token in tokens]
+    response = http.post("/feedback", json=feedback)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["predicted_label"] for r in results] == result.as_numpy("label").tolist()
+    assert [r["n_samples"] for r in results] == result.as_numpy("n_samples").tolist()
+    assert_error(http.post("/feedback", json=feedback[0]), 409, "already counted")
 
 
 def test_a_subset_of_outputs_on_the_versioned_path(v2, model, digits):
@@ -375,7 +397,8 @@ def test_every_numeric_datatype_and_layout_gives_the_same_answer(http, model, di
     for body in bodies:
         response = http.post(url, json=body)
         assert response.status_code == 200, (body["inputs"][0]["datatype"], response.text)
-        answers.append(response.json()["outputs"])
+        answers.append([output for output in response.json()["outputs"]
+                        if output["name"] != "feedback_token"])  # new in every answer
     assert all(answer == answers[0] for answer in answers)
 
 
@@ -395,8 +418,12 @@ def test_body_limits_and_encodings(http, model):
     bomb = gzip.compress(b" " * 250_000)
     assert_error(http.post(url, content=bomb, headers={"Content-Encoding": "gzip"}), 413,
                  "UQ_MAX_BODY_BYTES")
-    assert_error(http.post(url, content=b"not gzip", headers={"Content-Encoding": "gzip"}),
-                 400, "gzip")
+    response = http.post(url, content=b"not gzip", headers={"Content-Encoding": "gzip"})
+    assert_error(response, 400, "not valid gzip data; send it compressed")
+    assert "Error -3" not in response.text  # zlib's own words
+    header_length = {"Inference-Header-Content-Length": b"\xb2"}  # "²": a digit, not 0-9
+    assert_error(http.post(url, content=b"{}", headers=header_length), 400,
+                 "Inference-Header-Content-Length: expected")
     assert_error(http.post(url, content=b"{}", headers={"Content-Encoding": "br"}), 415, "'br'")
 
 

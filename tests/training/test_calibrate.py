@@ -11,6 +11,7 @@ import pytest
 from artifacts.store import load_classifier, read_card
 from training.calibrate import main
 from training.data import load_dataset
+from uncertainty.risk import FLAG_EVERYTHING, fewest_rows_to_certify
 
 
 def versions(name: str) -> list[str]:
@@ -52,11 +53,42 @@ def test_importing_a_keras_file_with_npz_data(classifier_tag, digits_npz, tmp_pa
                  "--model-name", "uq-imported", "--n-samples", "10", "--samples", "1,10"]) == 0
     [tag] = versions("uq-imported")
     _, card, _ = load_classifier(tag)
+    rows = len(np.load(digits_npz)["x_train"])  # all of them: the model was trained on none
+    assert f"on {rows} rows of npz:" in capsys.readouterr().out
+    assert [c.reference.rows for c in card.calibrations] == [rows, rows]
     assert card.dataset == f"npz:{digits_npz}" and card.input_shape == [8, 8]
     assert card.value_range == (0.0, 255.0)  # uint8 arrays
     assert card.calibrated_n_samples == [1, 10] and card.default_n_samples == 10
     assert card.max_norm_value == 3.0 and set(card.dropout_rates.values()) == {0.1, 0.4}
     assert card.test_metrics["mc"]["accuracy"] > 0.5
+
+
+def test_an_import_too_small_to_certify_a_threshold_says_what_the_model_will_do(
+        classifier_tag, digits_npz, tmp_path, capsys):
+    model, _, _ = load_classifier(classifier_tag)
+    path = tmp_path / "mine.keras"
+    model.save(path)
+    arrays = dict(np.load(digits_npz))
+    small = tmp_path / "small.npz"
+    np.savez(small, **{**arrays, "x_train": arrays["x_train"][:120],
+                       "y_train": arrays["y_train"][:120]})
+    assert main(["--keras-model", str(path), "--data", f"npz:{small}", "--model-name",
+                 "uq-too-few", "--samples", "1,4", "--n-samples", "4",
+                 "--risk-target-error", "0.02"]) == 0
+    captured = capsys.readouterr()
+    [warning] = captured.err.strip().splitlines()
+    assert warning == (
+        "uq-calibrate: warning: no threshold certifies an error of at most 0.02 among "
+        f"unflagged answers (that needs at least {fewest_rows_to_certify(0.02)} calibration "
+        "rows, all predicted correctly, and "
+        f"{fewest_rows_to_certify(0.02, distinct_scores=True)} when their scores all differ, "
+        "as they do at N > 1; 120 rows are too few): the saved model will flag every "
+        "answer; calibrate on more rows, or allow a larger --risk-target-error")
+    [tag] = versions("uq-too-few")
+    assert f"saved {tag}" in captured.out
+    _, card, _ = load_classifier(tag)
+    assert {c.risk_policy.threshold for c in card.calibrations} == {FLAG_EVERYTHING}
+    assert card.auto_calibration.risk_policy.threshold == FLAG_EVERYTHING
 
 
 def small_model(dropout: bool = True, softmax: bool = True, classes: int = 10) -> keras.Model:
@@ -96,6 +128,8 @@ def test_a_model_that_does_not_fit_is_one_line_exit_2_and_stores_nothing(
         (["--keras-model", "missing.keras", "--data", "digits"], "must be an existing .keras"),
         (["--keras-model", "x.keras"], "--keras-model needs --data"),
         (["--model", "uq-no-such:latest"], "is not in the store"),
+        (["--keras-model", "x.keras", "--data", "digits", "--validation-fraction", "0.5"],
+         "--validation-fraction applies to --model only"),
     ],
 )
 def test_bad_arguments_are_one_line_exit_2(argv, message, capsys):

@@ -52,6 +52,20 @@ def test_uq_train_end_to_end_on_digits(tmp_path, capsys):
     assert not (tmp_path / "backup").exists()  # removed once training completes
 
 
+def test_a_validation_split_too_small_to_certify_a_threshold_is_a_warning(tmp_path, capsys):
+    # digits: 144 validation rows; an error of at most 2% takes at least 297
+    assert main([*TINY, "--epochs", "1", "--model-name", "uq-train-too-few", "--output-dir",
+                 str(tmp_path), "--risk-target-error", "0.02", "--calibration-samples", "1"]) == 0
+    err = capsys.readouterr().err
+    [warning] = [line for line in err.splitlines() if "warning" in line]
+    assert warning == (
+        "uq-train: warning: no threshold certifies an error of at most 0.02 among unflagged "
+        "answers (that needs at least 297 calibration rows, all predicted correctly, and 821 "
+        "when their scores all differ, as they do at N > 1; 144 rows are too few): the saved "
+        "model will flag every answer; hold out more rows with --validation-fraction, or "
+        "allow a larger --risk-target-error")
+
+
 class StopAfterSecondEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 1:

@@ -206,6 +206,11 @@ def test_a_file_that_is_not_an_image_shows_the_services_error(page, http, tmp_pa
     assert not by_id(page, "result").is_displayed()
 
 
+def test_the_model_card_says_what_shape_uploads_are_read_at(page):
+    facts = by_id(page, "card-facts").get_attribute("textContent")
+    assert "8 × 8, values 0 to 16; images read at 8 × 8" in facts
+
+
 def test_drawing_with_the_keyboard_predicts_the_drawing(page, http):
     canvas = by_id(page, "draw-canvas")
     canvas.send_keys(Keys.SPACE, Keys.ARROW_RIGHT, Keys.SPACE, Keys.ARROW_DOWN, Keys.SPACE)

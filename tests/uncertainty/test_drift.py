@@ -37,7 +37,7 @@ def test_the_reference_is_small_and_maps_its_own_distribution_to_uniform():
     assert len(confidence.quantiles) == drift.QUANTILE_LEVELS + 1
     fresh = synthetic_scores(20_000, rng)
     for name in SCORES:
-        uniform = to_uniform(reference.scores[name], fresh[name], rng)
+        uniform = to_uniform(reference.scores[name], fresh[name], rng.random(20_000))
         shares = np.bincount(drift.to_bins(uniform), minlength=drift.BINS) / len(uniform)
         np.testing.assert_allclose(shares, 0.1, atol=0.012)
 
@@ -46,7 +46,7 @@ def test_ties_spread_over_the_levels_they_span():
     rng = np.random.default_rng(1)
     reference = score_reference(np.zeros(100))  # one sample: mutual information is 0
     assert reference.zero_fraction == 1.0
-    uniform = to_uniform(reference, np.zeros(10_000), rng)
+    uniform = to_uniform(reference, np.zeros(10_000), rng.random(10_000))
     assert 0.45 < uniform.mean() < 0.55 and uniform.min() >= 0 and uniform.max() <= 1
 
 
@@ -112,3 +112,12 @@ def test_a_small_reference_widens_the_test():
     assert small.reference_factor == pytest.approx(2.0)
     with pytest.raises(ValueError, match="at least one N"):
         DriftDetector({})
+
+
+def test_a_batch_statistic_is_the_detectors_with_one_window_of_the_whole_batch():
+    rng = np.random.default_rng(5)
+    bins = rng.integers(0, drift.BINS, 700).astype(np.int8)
+    counts = np.bincount(bins, minlength=drift.BINS)
+    by_window = window_statistics(bins, window=700, n_bins=drift.BINS)[-1] / (1 + 700 / 3000)
+    assert drift.batch_statistic(counts, reference_rows=3000) == pytest.approx(by_window)
+    assert drift.batch_statistic(np.full(drift.BINS, 70), reference_rows=3000) == 0.0

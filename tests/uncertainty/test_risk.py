@@ -6,6 +6,7 @@ from uncertainty.risk import (
     calibrate_risk_policy,
     conformal_quantile,
     error_upper_bound,
+    fewest_rows_to_certify,
     prediction_sets,
 )
 from uncertainty.summary import summarize
@@ -66,3 +67,39 @@ def test_bad_arguments():
         calibrate_risk_policy(summary, labels, target_error=0.0)
     with pytest.raises(ValueError, match="alpha"):
         conformal_quantile(summary.mean, labels, alpha=1.5)
+
+
+def uniform_answers(rows: int, confidence: float):
+    """One sample of ``rows`` identical answers for class 0: every score ties."""
+    return summarize(np.tile([confidence, 1 - confidence], (1, rows, 1)))
+
+
+@pytest.mark.parametrize("target_error", [0.2, 0.05, 0.02, 0.005])
+def test_the_fewest_rows_that_can_certify_a_threshold(target_error):
+    fewest = fewest_rows_to_certify(target_error)
+    right = np.zeros(fewest, int)  # every answer correct
+    policy = calibrate_risk_policy(uniform_answers(fewest, 0.9), right, target_error)
+    assert policy.calibration_coverage == 1.0
+    for summary in (uniform_answers(fewest - 1, 0.9), confident_then_wrong(fewest - 1)[0]):
+        policy = calibrate_risk_policy(summary, right[1:], target_error)
+        assert policy.threshold == FLAG_EVERYTHING
+    assert fewest_rows_to_certify(0.02) == 297  # ln(0.01 / 4) / ln(0.98) = 296.6
+
+
+def distinct_answers(rows: int):
+    """Two samples of ``rows`` answers for class 0 whose every score differs from row to
+    row (confidence and the samples' spread both vary)."""
+    rng = np.random.default_rng(3)
+    confidence, spread = rng.uniform(0.6, 0.94, rows), rng.uniform(0.001, 0.05, rows)
+    samples = np.stack([confidence + spread, confidence - spread])  # [2, rows]
+    return summarize(np.stack([samples, 1 - samples], axis=-1))
+
+
+@pytest.mark.parametrize("target_error", [0.2, 0.05, 0.02])
+def test_the_fewest_rows_of_distinct_scores_that_can_certify_a_threshold(target_error):
+    fewest = fewest_rows_to_certify(target_error, distinct_scores=True)
+    assert fewest > 2 * fewest_rows_to_certify(target_error)  # the first step tests half
+    for rows, certifies in ((fewest, True), (fewest - 1, False)):
+        summary = distinct_answers(rows)
+        policy = calibrate_risk_policy(summary, np.zeros(rows, int), target_error)
+        assert (policy.threshold != FLAG_EVERYTHING) == certifies, rows
