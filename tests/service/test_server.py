@@ -12,6 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
+from loadtest.contract_check import without_ids
 from loadtest.server import ServerError, served
 from tests.conftest import DEFAULT_SAMPLES, SERVICE_ENV
 from training.data import load_dataset
@@ -55,17 +56,6 @@ def test_predictions_are_consistent(http, digits):
         assert novelty["score"] == prediction["mutual_information"]
         assert prediction["n_samples"] == risk["calibrated_n_samples"] == DEFAULT_SAMPLES
         assert prediction["mutual_information"] <= prediction["predictive_entropy"] + 1e-9
-
-
-def without_ids(body):
-    """A response without what identifies each request and prediction (request_id,
-    feedback_token), which a seed does not repeat."""
-    if isinstance(body, dict):
-        return {key: without_ids(value) for key, value in body.items()
-                if key not in ("request_id", "feedback_token")}
-    if isinstance(body, list):
-        return [without_ids(value) for value in body]
-    return body
 
 
 def test_a_seed_gives_identical_responses(http, digits):
