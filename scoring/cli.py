@@ -24,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+from artifacts.inputs import InputSpec
 from artifacts.store import MODEL_FILE, CardError, load_classifier, read_card
 from commandline.arguments import OneLineErrorParser, fail, integer_at_least, positive_integer
-from service.inputs import InputSpec
 
 PROG = "uq-score"
 #: Rows per chunk (one local shard) by default, lowered so that a chunk's float32

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from artifacts.inputs import InputSpec
 from scoring.sources import decode
-from service.inputs import InputSpec
 from uncertainty.calibration import REASONS, decide
 from uncertainty.mc import MCEngine, splitmix64_numpy
 from uncertainty.summary import summarize

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from service.inputs import InputSpec, parse_image
+from artifacts.inputs import InputSpec, parse_image
 
 if TYPE_CHECKING:
     import pyarrow.dataset

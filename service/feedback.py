@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from service.inputs import json_type
+from artifacts.inputs import json_type
 
 logger = logging.getLogger(__name__)
 

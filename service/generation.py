@@ -9,8 +9,8 @@ import numpy as np
 
 from artifacts.cards import GeneratorCard
 from artifacts.generation import generated_images
+from artifacts.inputs import InputSpec
 from artifacts.store import load_generator
-from service.inputs import InputSpec
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import numpy as np
 
 from artifacts.cards import ModelCard
+from artifacts.inputs import InputSpec
 from artifacts.store import load_classifier
 from service.feedback import Signer, reason_bits
-from service.inputs import InputSpec
 from service.schemas import Prediction
 from uncertainty.calibration import decide
 from uncertainty.mc import MCEngine, configure_tensorflow_threads

@@ -33,7 +33,7 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from service.inputs import InputSpec, json_type
+from artifacts.inputs import InputSpec, json_type
 from service.settings import settings
 
 Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]

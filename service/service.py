@@ -30,12 +30,12 @@ from bentoml.validators import ContentType
 from pydantic import Field, TypeAdapter
 
 from artifacts.cards import ModelCard
+from artifacts.inputs import InputSpec, parse_image
 from artifacts.store import read_card
 from service import adapter, metrics, request_ids
 from service.door import Door
 from service.feedback import Desk, Rejected, ReplayMemory, Signer
 from service.generation import Sampler
-from service.inputs import InputSpec, parse_image
 from service.middleware import ServiceMiddleware
 from service.monitoring import Monitoring
 from service.oip.app import ENDPOINT as OIP_ENDPOINT
@@ -278,7 +278,7 @@ class UQService:
         return_samples: bool = False,
     ) -> PredictResponse:
         """A PNG or JPEG upload (multipart field ``image``), read at the card's
-        ``image_shape`` (service.inputs.parse_image); 400 for a model without one."""
+        ``image_shape`` (artifacts.inputs.parse_image); 400 for a model without one."""
         try:
             x = parse_image(str(image), self.predictor.spec)
         except ValueError as error:

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import AllowInfNan, Field, Strict, TypeAdapter, ValidationError
 from pydantic_core import to_json
 
-from service.inputs import InputSpec
+from artifacts.inputs import InputSpec
 from service.oip.types import (
     CLASSIFIABLE,
     HEADER_LENGTH,

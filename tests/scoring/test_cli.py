@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from artifacts.inputs import InputSpec, parse_image
 from scoring.cli import main
 from scoring.output import MANIFEST, SCORES, SUMMARY, written_shards
-from service.inputs import InputSpec, parse_image
 from tests.conftest import REPOSITORY
 from tests.scoring.conftest import (
     digits_rows,

@@ -5,8 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from artifacts.inputs import InputSpec, parse_image
 from scoring.sources import IMAGE, InputError, decode, open_source
-from service.inputs import InputSpec, parse_image
 from tests.scoring.conftest import digits_rows, write_images, write_npz
 
 SPEC = InputSpec((8, 8), (0.0, 16.0))

@@ -42,7 +42,7 @@ import httpx
 import jsonschema
 import pytest
 
-from service.inputs import InputSpec
+from artifacts.inputs import InputSpec
 from service.schemas import instance_json_schema
 from tests.conftest import SERVICE_ENV
 

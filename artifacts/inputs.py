@@ -1,5 +1,5 @@
-"""What one instance of the served model must look like, and the checks that turn
-JSON instances and uploaded images into arrays.
+"""What one instance of a stored model must look like, from its card, and the checks
+that turn JSON instances, uploaded images and scored rows into arrays.
 
 The spec comes from the model card (input shape, value range); the predictor
 holds it once the model is loaded. Each failed check raises ``ValueError`` with

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.inputs import InputSpec, parse_image, parse_instance
+from artifacts.inputs import InputSpec, parse_image, parse_instance
 
 SPEC = InputSpec(input_shape=(2, 3), value_range=(0.0, 255.0))
 
