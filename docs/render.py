@@ -1,0 +1,223 @@
+"""Every measured figure on the pages (README.md and docs/) comes from a committed results
+file, through this script, so that no figure can outlive its measurement.
+
+A page asks for a table with a block::
+
+    <!-- results: benchmarks/results/adaptive.json adaptive-throughput -->
+    <!-- /results -->
+
+and the script fills the block with the table that ``adaptive-throughput`` (a renderer
+in ``TABLES``) makes of that file, followed by the line saying which command measured
+it, at which commit, when and on which machine. A results file without those four
+provenance keys (``commandline.provenance``) is refused: its figures cannot appear.
+Images on the pages must be illustrations in ``docs/`` itself, or sit beside a results
+file with provenance.
+
+    python -m docs.render              # fill every page's results blocks
+    python -m docs.render --check      # exit 1 naming each page whose blocks are stale
+    python -m docs.render --openapi    # serve the default model; write its /docs.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DOCS = REPOSITORY / "docs"
+OPENAPI = DOCS / "api" / "openapi.json"
+PROVENANCE = ("command", "commit", "date", "machine")
+BLOCK = re.compile(r"^<!-- results: (?P<path>\S+) (?P<table>\S+) -->\n(?P<body>.*?)"
+                   r"<!-- /results -->", re.S | re.M)
+IMAGE = re.compile(r"!\[[^\]]*\]\((?P<path>[^)\s]+)\)")
+
+
+class ResultsError(Exception):
+    """A block that cannot be rendered (a one-line message naming the file)."""
+
+
+def pages(root: Path) -> list[Path]:
+    """README.md and every Markdown page of the site."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+def load_results(path: Path, name: str) -> dict:
+    """The results file at ``path`` (``name`` in messages); refused unless it records its
+    provenance."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ResultsError(f"{name}: cannot read it as JSON: {error}") from None
+    missing = [key for key in PROVENANCE if not isinstance(results, dict) or key not in results]
+    if missing:
+        raise ResultsError(f"{name}: no provenance ({', '.join(missing)} missing): run the "
+                           "command that writes it again before its figures can appear")
+    return results
+
+
+def render_block(root: Path, path: str, table: str) -> str:
+    """The body of one results block: the table, then where it was measured."""
+    if table not in TABLES:
+        raise ResultsError(f"{path}: no table named {table!r} (known: {', '.join(TABLES)})")
+    results = load_results(root / path, path)
+    return f"{TABLES[table](results)}\n\n{provenance_line(results)}\n"
+
+
+def provenance_line(results: dict) -> str:
+    return (f"*Measured with `{results['command']}` at commit `{results['commit'][:12]}` "
+            f"on {results['date']}, {results['machine']}.*")
+
+
+def render_page(text: str, root: Path) -> str:
+    """``text`` with every results block filled from its file."""
+    def fill(block: re.Match) -> str:
+        body = render_block(root, block["path"], block["table"])
+        return f"<!-- results: {block['path']} {block['table']} -->\n{body}<!-- /results -->"
+    return BLOCK.sub(fill, text)
+
+
+def unbacked_images(page: Path, text: str, root: Path) -> list[str]:
+    """Images of ``page`` that are neither illustrations in docs/ itself nor beside a
+    results file with provenance."""
+    problems = []
+    for match in IMAGE.finditer(text):
+        image = (page.parent / match["path"]).resolve()
+        if image.parent == (root / "docs").resolve():
+            continue
+        beside = [candidate for candidate in image.parent.glob("*.json")
+                  if _has_provenance(candidate)]
+        if not beside:
+            problems.append(f"{page.relative_to(root)}: {match['path']} has no results file "
+                            "with provenance beside it")
+    return problems
+
+
+def _has_provenance(path: Path) -> bool:
+    try:
+        load_results(path, path.name)
+    except ResultsError:
+        return False
+    return True
+
+
+def stale(root: Path) -> list[str]:
+    """One line per page whose results blocks differ from their files, or that cannot be
+    rendered, or whose images are not backed by a results file."""
+    problems = []
+    for page in pages(root):
+        text = page.read_text()
+        try:
+            if render_page(text, root) != text:
+                problems.append(f"{page.relative_to(root)}: a results table differs from "
+                                "its file (run python -m docs.render)")
+        except ResultsError as error:
+            problems.append(f"{page.relative_to(root)}: {error}")
+        problems += unbacked_images(page, text, root)
+    return problems
+
+
+def render_all(root: Path) -> None:
+    for page in pages(root):
+        text = page.read_text()
+        rendered = render_page(text, root)
+        if rendered != text:
+            page.write_text(rendered)
+            print(f"rendered {page.relative_to(root)}")
+
+
+# --- the tables -------------------------------------------------------------------------
+
+TABLES: dict[str, Callable[[dict], str]] = {}
+
+
+def table(name: str):
+    """Register a renderer: results -> a Markdown table."""
+    def register(render: Callable[[dict], str]) -> Callable[[dict], str]:
+        TABLES[name] = render
+        return render
+    return register
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@table("targets")
+def targets(results: dict) -> str:
+    """Every target a measurement checks, and whether it was met."""
+    return markdown_table(["target", "met"], [
+        [target["target"], "yes" if target["met"] else "**no**"]
+        for target in results["targets"]])
+
+
+@table("adaptive-throughput")
+def adaptive_throughput(results: dict) -> str:
+    """``"auto"`` against fixed N through HTTP: medians over the rounds, and the requests
+    refused (429) over all rounds beside each rate; a refusal is a failure."""
+    rows = []
+    for key, figures in results["median"].items():
+        load, n_samples = key.split(" N=")
+        mean_n = figures.get("mean_n_samples") or float(n_samples)
+        rows.append([load, n_samples, f"{mean_n:.1f}", f"{figures['images_per_s']:,.0f}",
+                     f"{figures['p50_ms']:.0f}", f"{figures['p95_ms']:.0f}",
+                     figures["refused"], figures["failures"]])
+    return markdown_table(["load", "N", "mean N used", "images/s (200s only)", "p50 ms",
+                           "p95 ms", "refused (429)", "failures"], rows)
+
+
+# --- the OpenAPI document ---------------------------------------------------------------
+
+
+def write_openapi(model: str) -> None:
+    """Serve ``model`` on loopback and write the /docs.json it serves to OPENAPI."""
+    from loadtest.server import ServerError, served
+
+    with tempfile.TemporaryDirectory(prefix="uq-docs-") as log_dir:
+        try:
+            with served(model, Path(log_dir)) as url, \
+                    urllib.request.urlopen(f"{url}/docs.json", timeout=30) as response:
+                document = json.load(response)
+        except ServerError as error:
+            raise ResultsError(str(error)) from None
+    OPENAPI.parent.mkdir(parents=True, exist_ok=True)
+    OPENAPI.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {OPENAPI.relative_to(REPOSITORY)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m docs.render", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 naming each stale page")
+    action.add_argument("--openapi", action="store_true",
+                        help="serve --model and write its /docs.json to docs/api/openapi.json")
+    parser.add_argument("--model", default="uq-classifier:latest",
+                        help="the model --openapi serves (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        if args.openapi:
+            write_openapi(args.model)
+        elif args.check:
+            problems = stale(REPOSITORY)
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            return 1 if problems else 0
+        else:
+            render_all(REPOSITORY)
+    except ResultsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

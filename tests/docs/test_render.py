@@ -1,0 +1,102 @@
+"""The pages' measured figures against their results files (docs/render.py), the README's
+length, and the committed OpenAPI document against the one the real server serves."""
+
+import json
+
+import httpx
+import pytest
+
+from docs import render
+
+PROVENANCE = {"command": "python -m benchmarks.adaptive --rounds 3",
+              "commit": "0123456789abcdef", "date": "2026-12-07T17:00:00+00:00",
+              "machine": "AMD EPYC 7B13, 2 cores, Linux x86_64"}
+ADAPTIVE = {"median": {
+    "predict_64x4 N=50": {"images_per_s": 1114.6, "p50_ms": 226.9, "p95_ms": 243.0,
+                          "refused": 117, "failures": 117},
+    "predict_64x4 N=auto": {"images_per_s": 2858.5, "p50_ms": 85.5, "p95_ms": 113.6,
+                            "mean_n_samples": 10.24, "refused": 0, "failures": 0}}}
+BLOCK = "<!-- results: results/adaptive.json adaptive-throughput -->\n<!-- /results -->\n"
+
+
+def test_every_page_shows_what_its_results_files_hold():
+    assert render.stale(render.REPOSITORY) == []
+
+
+def test_the_readme_fits_on_one_screen_of_scrolling():
+    assert len((render.REPOSITORY / "README.md").read_text().splitlines()) <= 300
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A repository of one README and one page asking for a table."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "README.md").write_text("# Front door\n")
+    (tmp_path / "docs" / "page.md").write_text("# Throughput\n\n" + BLOCK)
+    return tmp_path
+
+
+def write_results(site, results: dict) -> None:
+    (site / "results" / "adaptive.json").write_text(json.dumps(results))
+
+
+def test_a_block_is_filled_with_the_table_and_where_it_was_measured(site):
+    write_results(site, {**PROVENANCE, **ADAPTIVE})
+    page = render.render_page(BLOCK, site)
+    assert "| predict_64x4 | 50 | 50.0 | 1,115 | 227 | 243 | 117 | 117 |" in page
+    assert "| predict_64x4 | auto | 10.2 | 2,858 | 86 | 114 | 0 | 0 |" in page
+    assert ("*Measured with `python -m benchmarks.adaptive --rounds 3` at commit "
+            "`0123456789ab` on 2026-12-07T17:00:00+00:00, AMD EPYC 7B13, 2 cores, "
+            "Linux x86_64.*") in page
+    assert render.stale(site) == ["docs/page.md: a results table differs from its file "
+                                  "(run python -m docs.render)"]
+    (site / "docs" / "page.md").write_text(page)
+    assert render.stale(site) == []
+
+
+def test_a_figure_typed_into_a_block_by_hand_is_found(site):
+    write_results(site, {**PROVENANCE, **ADAPTIVE})
+    page = render.render_page(BLOCK, site)
+    (site / "docs" / "page.md").write_text(page.replace("2,858", "3,000"))
+    assert render.stale(site) == ["docs/page.md: a results table differs from its file "
+                                  "(run python -m docs.render)"]
+
+
+def test_a_file_without_provenance_is_refused(site):
+    write_results(site, {**ADAPTIVE, "command": "python -m benchmarks.adaptive"})
+    [problem] = render.stale(site)
+    assert problem.startswith("docs/page.md: ")
+    assert "no provenance (commit, date, machine missing)" in problem
+    with pytest.raises(render.ResultsError, match="no provenance"):
+        render.render_page(BLOCK, site)
+
+
+def test_an_unknown_table_is_named(site):
+    write_results(site, {**PROVENANCE, **ADAPTIVE})
+    (site / "docs" / "page.md").write_text(BLOCK.replace("adaptive-throughput", "speed"))
+    [problem] = render.stale(site)
+    assert "no table named 'speed'" in problem
+
+
+def test_a_plot_needs_a_results_file_with_provenance_beside_it(site):
+    (site / "docs" / "shot.png").write_bytes(b"")
+    (site / "docs" / "plots").mkdir()
+    (site / "docs" / "plots" / "curve.png").write_bytes(b"")
+    (site / "docs" / "plots" / "curve.json").write_text(json.dumps({"rows": []}))
+    (site / "docs" / "page.md").write_text(
+        "![a screenshot](shot.png)\n![a plot](plots/curve.png)\n")
+    assert render.stale(site) == ["docs/page.md: plots/curve.png has no results file with "
+                                  "provenance beside it"]
+    (site / "docs" / "plots" / "curve.json").write_text(json.dumps(PROVENANCE))
+    assert render.stale(site) == []
+
+
+def test_the_command_checks_then_renders(site, monkeypatch, capsys):
+    write_results(site, {**PROVENANCE, **ADAPTIVE})
+    monkeypatch.setattr(render, "REPOSITORY", site)
+    assert render.main(["--check"]) == 1
+    assert "docs/page.md: a results table differs" in capsys.readouterr().err
+    assert render.main([]) == 0
+    assert render.main(["--check"]) == 0
+    assert "1,115" in (site / "docs" / "page.md").read_text()
