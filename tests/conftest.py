@@ -1,5 +1,5 @@
 """Shared test set-up: quiet TensorFlow, a private BentoML store, seeded Keras, the
-session's tiny classifier and the one real ``bentoml serve`` on loopback."""
+test run's tiny classifier and the one real ``bentoml serve`` on loopback."""
 
 import json
 import os
@@ -41,13 +41,13 @@ def _seeded():
     keras.utils.set_random_seed(1234)
 
 
-#: The session classifier's default n_samples.
+#: The test classifier's default n_samples.
 DEFAULT_SAMPLES = 8
 
 
 @pytest.fixture(scope="session")
 def classifier_tag(tmp_path_factory) -> str:
-    """A tiny digits classifier in the test store, trained once per session."""
+    """A tiny digits classifier in the test store, trained once per test run."""
     from training.config import ModelConfig, TrainConfig
     from training.data import load_dataset
     from training.train import train
@@ -63,7 +63,7 @@ def classifier_tag(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def generator_tag(tmp_path_factory) -> str:
-    """A tiny dense GAN generator for the digits classifier, trained once per session."""
+    """A tiny dense GAN generator for the digits classifier, trained once per test run."""
     from training.data import load_dataset
     from training.train_gan import GanConfig, train_gan
 
