@@ -7,6 +7,10 @@ import httpx
 import pytest
 
 from docs import render
+from service.inputs import InputSpec
+from service.schemas import instance_json_schema
+from service.settings import Settings
+from tests.conftest import SERVICE_ENV
 
 PROVENANCE = {"command": "python -m benchmarks.adaptive --rounds 3",
               "commit": "0123456789abcdef", "date": "2026-12-07T17:00:00+00:00",
@@ -100,3 +104,42 @@ def test_the_command_checks_then_renders(site, monkeypatch, capsys):
     assert render.main([]) == 0
     assert render.main(["--check"]) == 0
     assert "1,115" in (site / "docs" / "page.md").read_text()
+
+
+def model_independent(document: dict, instance: InputSpec, most_instances: int,
+                      most_samples: int) -> dict:
+    """``document`` with what the served model and the settings state put by name: each
+    instance's schema (shape and value range), the most instances a request holds (and
+    images /generate makes) and the most samples it asks."""
+    shapes = instance_json_schema(instance)["oneOf"]
+
+    def named(node):
+        if isinstance(node, list):
+            return [named(value) for value in node]
+        if not isinstance(node, dict):
+            return node
+        if node.get("oneOf") == shapes:
+            return "<an instance of the served model>"
+        node = {key: named(value) for key, value in node.items()}
+        for bound, value, name in (("maxItems", most_instances, "<UQ_MAX_INSTANCES>"),
+                                   ("maximum", most_instances, "<UQ_MAX_INSTANCES>"),
+                                   ("maximum", most_samples, "<UQ_MAX_SAMPLES>")):
+            if node.get(bound) == value:
+                node[bound] = name
+        return node
+    return named(document)
+
+
+def test_the_committed_openapi_document_is_the_one_the_service_serves(server):
+    """The committed document comes from the default Fashion-MNIST model with the default
+    settings; the test run's server serves an 8 x 8 digits model with settings of its
+    own. Everything else must be the same."""
+    committed = json.loads(render.OPENAPI.read_text())
+    served = httpx.get(f"{server}/docs.json", timeout=30).json()
+    defaults = Settings.model_fields
+    assert model_independent(
+        committed, InputSpec((28, 28), (0.0, 255.0)), defaults["max_instances"].default,
+        defaults["max_samples"].default,
+    ) == model_independent(
+        served, InputSpec((8, 8), (0.0, 16.0)), int(SERVICE_ENV["UQ_MAX_INSTANCES"]),
+        int(SERVICE_ENV["UQ_MAX_SAMPLES"]))
