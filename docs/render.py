@@ -152,10 +152,25 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
 
 @table("targets")
 def targets(results: dict) -> str:
-    """Every target a measurement checks, and whether it was met."""
-    return markdown_table(["target", "met"], [
-        [target["target"], "yes" if target["met"] else "**no**"]
+    """Every target a measurement checks, the value measured when the file has one, and
+    whether it was met."""
+    return markdown_table(["target", "measured", "met"], [
+        [target["target"], f"{target['value']:.3g}" if "value" in target else "",
+         "yes" if target["met"] else "**no**"]
         for target in results["targets"]])
+
+
+@table("mc-engine")
+def mc_engine(results: dict) -> str:
+    """The engine against a naive loop and a tiled call, per input dropout, B and N."""
+    return markdown_table(
+        ["input dropout", "B", "N", "naive ms", "tiled ms", "engine ms", "x naive", "x tiled",
+         "engine GFLOP/s", "of matmul peak"],
+        [["yes" if row["input_dropout"] else "no", row["batch"], row["n_samples"],
+          f"{row['naive_ms']:.2f}", f"{row['tiled_ms']:.3f}", f"{row['engine_ms']:.3f}",
+          f"{row['speedup_vs_naive']:.0f}", f"{row['speedup_vs_tiled']:.2f}",
+          f"{row['engine_gflops']:.1f}", f"{row['fraction_of_peak']:.0%}"]
+         for row in results["rows"]])
 
 
 @table("adaptive-throughput")

@@ -146,3 +146,19 @@ def test_the_committed_openapi_document_is_the_one_the_service_serves(server):
     ) == model_independent(
         served, InputSpec((8, 8), (0.0, 16.0)), int(SERVICE_ENV["UQ_MAX_INSTANCES"]),
         int(SERVICE_ENV["UQ_MAX_SAMPLES"]))
+
+
+def test_the_engine_table_and_its_targets():
+    results = {**PROVENANCE, "rows": [
+        {"input_dropout": True, "batch": 1, "n_samples": 30, "naive_ms": 152.771,
+         "tiled_ms": 1.0604, "engine_ms": 0.7051, "speedup_vs_naive": 216.7,
+         "speedup_vs_tiled": 1.504, "engine_gflops": 22.71, "fraction_of_peak": 0.0565}],
+        "targets": [{"target": "B=1, N=30: engine / naive loop >= 150x", "value": 216.7,
+                     "met": True},
+                    {"target": "B=256, N=100: engine >= 40% of matmul peak", "value": 0.31,
+                     "met": False}]}
+    assert render.TABLES["mc-engine"](results).splitlines()[2] == (
+        "| yes | 1 | 30 | 152.77 | 1.060 | 0.705 | 217 | 1.50 | 22.7 | 6% |")
+    assert render.TABLES["targets"](results).splitlines()[2:] == [
+        "| B=1, N=30: engine / naive loop >= 150x | 217 | yes |",
+        "| B=256, N=100: engine >= 40% of matmul peak | 0.31 | **no** |"]
