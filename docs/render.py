@@ -155,9 +155,14 @@ def targets(results: dict) -> str:
     """Every target a measurement checks, the value measured when the file has one, and
     whether it was met."""
     return markdown_table(["target", "measured", "met"], [
-        [target["target"], f"{target['value']:.3g}" if "value" in target else "",
-         "yes" if target["met"] else "**no**"]
+        [target["target"], _measured(target), "yes" if target["met"] else "**no**"]
         for target in results["targets"]])
+
+
+def _measured(target: dict) -> str:
+    if "value" in target:
+        return f"{target['value']:.3g}"
+    return target.get("measured", "")
 
 
 @table("mc-engine")
@@ -173,6 +178,11 @@ def mc_engine(results: dict) -> str:
          for row in results["rows"]])
 
 
+#: benchmarks.adaptive's loads, as the pages name them.
+ADAPTIVE_LOADS = {"predict_64x4": "`/predict`, 64 images a request, 4 clients",
+                  "batched_1x32": "`/predict_batched`, one image a request, 32 clients"}
+
+
 @table("adaptive-throughput")
 def adaptive_throughput(results: dict) -> str:
     """``"auto"`` against fixed N through HTTP: medians over the rounds, and the requests
@@ -181,11 +191,67 @@ def adaptive_throughput(results: dict) -> str:
     for key, figures in results["median"].items():
         load, n_samples = key.split(" N=")
         mean_n = figures.get("mean_n_samples") or float(n_samples)
-        rows.append([load, n_samples, f"{mean_n:.1f}", f"{figures['images_per_s']:,.0f}",
+        rows.append([ADAPTIVE_LOADS.get(load, load), n_samples, f"{mean_n:.1f}",
+                     f"{figures['images_per_s']:,.0f}",
                      f"{figures['p50_ms']:.0f}", f"{figures['p95_ms']:.0f}",
                      figures["refused"], figures["failures"]])
     return markdown_table(["load", "N", "mean N used", "images/s (200s only)", "p50 ms",
                            "p95 ms", "refused (429)", "failures"], rows)
+
+
+@table("overload-phases")
+def overload_phases(results: dict) -> str:
+    """Each phase of benchmarks.overload: answers per second, latency and the answers by
+    status; 200/s counts 200 answers only."""
+    phases = results["results"]
+    named = [(name, phases[name]) for name in ("capacity", "overload", "recovery")
+             if name in phases]
+    if "big" in phases:
+        named += [("one image alone", phases["big"]["idle"]),
+                  ("one image beside 64 x 1000 requests", phases["big"]["small"]),
+                  ("the 64 x 1000 requests", phases["big"]["big"])]
+    if "budget" in phases:
+        named.append(("latency budget, no N", phases["budget"]))
+    return markdown_table(
+        ["phase", "200/s", "p50 ms", "p99 ms", "200", "429", "5xx"],
+        [[name, f"{phase['goodput_rps']:,.1f}", f"{phase['p50_ms']:,.1f}",
+          f"{phase['p99_ms']:,.1f}", f"{phase['statuses']['200']:,}",
+          f"{phase['statuses']['429']:,}", f"{phase['statuses']['5xx']:,}"]
+         for name, phase in named])
+
+
+@table("http-service")
+def http_service(results: dict) -> str:
+    """benchmarks.http_service's medians over its rounds: the engine in-process, one
+    client's latency, and each path's rate under concurrent clients with its refusals."""
+    median = results["median"]
+    one = median["sequential"]
+    rows = [["engine in-process, one image", "", "", f"{median['engine_ms']:.2f}", "", ""],
+            [f"`{one['path']}`, one client", "", one["refused"], f"{one['p50_ms']:.2f}",
+             f"{one['p95_ms']:.2f}", f"{one['p99_ms']:.2f}"]]
+    rows += [[f"`{load['path']}`, {load['clients']} clients", f"{load['rps']:,.0f}",
+              load["refused"], f"{load['p50_ms']:.1f}", f"{load['p95_ms']:.1f}",
+              f"{load['p99_ms']:.1f}"] for load in median["concurrent"]]
+    return markdown_table(["load", "200s/s", "refused (429)", "p50 ms", "p95 ms", "p99 ms"],
+                          rows)
+
+
+@table("scoring")
+def scoring(results: dict) -> str:
+    """uq-score against the engine, locally and on Ray (medians over the rounds)."""
+    median = results["median"]
+    wide = results["wide_model"]["median"]
+    return markdown_table(["measurement", "result"], [
+        ["local runner, in-process", f"{median['local_rows_per_second']:,.0f} rows/s = "
+         f"{median['local_vs_engine']:.2f}x the engine's "
+         f"{median['engine_rows_per_second']:,.0f} rows/s"],
+        [f"the same with a wider model ({results['wide_model']['model']})",
+         f"{wide['local_rows_per_second']:,.0f} against {wide['engine_rows_per_second']:,.0f}"
+         f" rows/s = {wide['local_vs_engine']:.2f}x"],
+        ["`uq-score` locally, whole command", f"{median['local_command_seconds']:.1f} s"],
+        ["`uq-score --ray-address`, whole command", f"{median['ray_command_seconds']:.1f} s = "
+         f"{median['ray_vs_local_time']:.2f}x the local time"],
+        ["peak RSS, local", f"{median['local_peak_rss_gb']:.2f} GB"]])
 
 
 # --- the OpenAPI document ---------------------------------------------------------------

@@ -48,8 +48,9 @@ def write_results(site, results: dict) -> None:
 def test_a_block_is_filled_with_the_table_and_where_it_was_measured(site):
     write_results(site, {**PROVENANCE, **ADAPTIVE})
     page = render.render_page(BLOCK, site)
-    assert "| predict_64x4 | 50 | 50.0 | 1,115 | 227 | 243 | 117 | 117 |" in page
-    assert "| predict_64x4 | auto | 10.2 | 2,858 | 86 | 114 | 0 | 0 |" in page
+    load = "`/predict`, 64 images a request, 4 clients"
+    assert f"| {load} | 50 | 50.0 | 1,115 | 227 | 243 | 117 | 117 |" in page
+    assert f"| {load} | auto | 10.2 | 2,858 | 86 | 114 | 0 | 0 |" in page
     assert ("*Measured with `python -m benchmarks.adaptive --rounds 3` at commit "
             "`0123456789ab` on 2026-12-07T17:00:00+00:00, AMD EPYC 7B13, 2 cores, "
             "Linux x86_64.*") in page
@@ -162,3 +163,21 @@ def test_the_engine_table_and_its_targets():
     assert render.TABLES["targets"](results).splitlines()[2:] == [
         "| B=1, N=30: engine / naive loop >= 150x | 217 | yes |",
         "| B=256, N=100: engine >= 40% of matmul peak | 0.31 | **no** |"]
+
+
+def test_the_overload_phases_count_each_status_apart():
+    phase = {"goodput_rps": 466.5, "p50_ms": 108.6, "p99_ms": 143.7,
+             "statuses": {"200": 28043, "429": 72793, "5xx": 0}}
+    table = render.TABLES["overload-phases"]({"results": {"overload": phase}})
+    assert table.splitlines()[2] == "| overload | 466.5 | 108.6 | 143.7 | 28,043 | 72,793 | 0 |"
+
+
+def test_the_service_table_shows_each_rate_beside_its_refusals():
+    load = {"path": "/predict", "clients": 32, "rps": 649.2, "refused": 12, "p50_ms": 44.1,
+            "p95_ms": 60.2, "p99_ms": 72.3}
+    median = {"engine_ms": 2.08, "concurrent": [load], "sequential": {
+        "path": "/predict", "refused": 0, "p50_ms": 4.64, "p95_ms": 5.9, "p99_ms": 6.8}}
+    assert render.TABLES["http-service"]({"median": median}).splitlines()[2:] == [
+        "| engine in-process, one image |  |  | 2.08 |  |  |",
+        "| `/predict`, one client |  | 0 | 4.64 | 5.90 | 6.80 |",
+        "| `/predict`, 32 clients | 649 | 12 | 44.1 | 60.2 | 72.3 |"]
