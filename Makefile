@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev,ray]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev,ray,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,6 +18,11 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The documentation site in site/; its figures come from results files (python -m docs.render).
+.PHONY: docs
+docs: install
+	$(BIN)/mkdocs build --strict
 
 # Trains the default classifier first when the model store has none (about 5 to 7 minutes: training, then calibration at every N and "auto").
 serve: install

@@ -1,7 +1,7 @@
 """Serving a stored model in a subprocess: ``served(model, log_dir)`` runs `bentoml serve`
 on a free loopback port, waits until it is ready and stops it afterwards.
 
-Used by uq-loadtest ``--serve``, the test session's real server and the service
+Used by uq-loadtest ``--serve``, the test run's real server and the service
 benchmark. Problems come as ``ServerError``, one line each.
 """
 
@@ -47,7 +47,7 @@ def served(model: str, log_dir: Path) -> Iterator[str]:
         process = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPOSITORY, env={**os.environ, "UQ_MODEL": model, "BENTOML_HOME": home},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, process_group=0,
         )
         url = f"http://127.0.0.1:{port}"
         try:

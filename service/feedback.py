@@ -27,7 +27,8 @@ by the hour they were issued, at most ``UQ_FEEDBACK_REPLAY_MEMORY`` of them
 is full, the oldest hour is forgotten and from then on tokens issued in it or
 before are refused ("too old") instead of risking a second count. So a token
 counts at most once per replica; across replicas, at most once per replica it
-reaches (sticky sessions, or a shared store, would be needed for once in all).
+reaches (routing a token's every label to one replica, or a shared store, would be
+needed for once in all).
 """
 
 from __future__ import annotations

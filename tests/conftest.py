@@ -1,5 +1,5 @@
 """Shared test set-up: quiet TensorFlow, a private BentoML store, seeded Keras, the
-session's tiny classifier and the one real ``bentoml serve`` on loopback."""
+test run's tiny classifier and the one real ``bentoml serve`` on loopback."""
 
 import json
 import os
@@ -45,13 +45,13 @@ def _seeded():
     keras.utils.set_random_seed(1234)
 
 
-#: The session classifier's default n_samples.
+#: The test classifier's default n_samples.
 DEFAULT_SAMPLES = 8
 
 
 @pytest.fixture(scope="session")
 def classifier_tag(tmp_path_factory) -> str:
-    """A tiny digits classifier in the test store, trained once per session."""
+    """A tiny digits classifier in the test store, trained once per test run."""
     config = TrainConfig(
         dataset="digits", model_name="uq-test-digits", epochs=4, batch_size=64,
         learning_rate=0.01, n_samples=DEFAULT_SAMPLES, risk_target_error=0.1,
@@ -63,7 +63,7 @@ def classifier_tag(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def generator_tag(tmp_path_factory) -> str:
-    """A tiny dense GAN generator for the digits classifier, trained once per session."""
+    """A tiny dense GAN generator for the digits classifier, trained once per test run."""
     config = GanConfig(
         dataset="digits", model_name="uq-test-generator", epochs=1, latent_dim=8,
         output_dir=tmp_path_factory.mktemp("generator"),

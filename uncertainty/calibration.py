@@ -1,8 +1,8 @@
 """Calibration per sample count, and the risk decision it makes.
 
-Uncertainty scores move with N (the flagged fraction of Fashion-MNIST's test
-split at one threshold is 0.19 at N=1 and 0.25 at N=30), so a threshold fitted
-at one N promises nothing at another. A :class:`Calibration` holds, for one N,
+Uncertainty scores move with N (the flagged fraction at one threshold grows with
+N, and so does mutual information), so a threshold fitted at one N promises
+nothing at another. A :class:`Calibration` holds, for one N,
 the risk policy, the conformal quantile and the novelty policy fitted on
 calibration rows sampled at that N, and the distribution of those rows'
 uncertainty scores that the drift detector compares live traffic against
@@ -91,7 +91,7 @@ def for_n_samples(calibrations: Sequence[Calibration], n_samples: int) -> Calibr
 
     On the grid, its own. Between two calibrated N, the risk policy and conformal
     quantile of the one below, the novelty policy of the one above: scores move with N
-    in directions measured on Fashion-MNIST (README), so that each promise errs on the
+    in directions measured on Fashion-MNIST (docs/guarantees.md), so that each promise errs on the
     safe side. The flagged fraction at a fixed error-risk threshold grows with N, so a
     threshold from a smaller N flags at least as much; mutual information grows with
     N, so a novelty threshold from a larger N raises fewer false alarms. Below the grid,

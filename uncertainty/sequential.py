@@ -55,7 +55,7 @@ Stratified rounds: the procedure as calibrated now draws each round as Latin
 hypercubes of dropout masks (``MCEngine.sample(stratified=True)``): in each block of 8
 samples of a row, every unit of every dropout layer is dropped as often as its rate
 says, give or take one. Each sample is still an exact dropout sample, but the mean of
-a round varies about 0.45x as much as that of independent samples, which is what
+a round varies much less than that of independent samples, which is what
 brings the NLL of "auto" near that of N=100 (no allocation of independent samples
 can: see benchmarks/adaptive_rule.py). The rule's standard error treats the samples as
 independent and so overstates the error of a stratified mean: rows stop later than
@@ -105,8 +105,7 @@ FIRST_ROUND_SAMPLES = 8
 DEFAULT_MAX_AUTO_SAMPLES = 100
 #: One-sided confidence of a decision quantity's interval (Student's t, n - 1 dof): of
 #: those tried (0.90, 0.93, 0.96, 0.98), the lowest whose NLL on the validation rows stays
-#: within half the 0.005 target of N=100's (+0.0025 at mean N 10.2 there; 0.96: +0.0018
-#: at 11.8; benchmarks/results/adaptive_rule.json).
+#: within half the 0.005 target of N=100's (benchmarks/results/adaptive_rule.json).
 DEFAULT_CONFIDENCE = 0.93
 #: Interval half-widths (t * se) below which a quantity counts as settled, in its units.
 DEFAULT_LABEL_TOLERANCE = 0.2

@@ -1,4 +1,4 @@
-"""The through-HTTP drift replay, briefly, against the session's real server."""
+"""The through-HTTP drift replay, briefly, against the test run's real server."""
 
 import json
 

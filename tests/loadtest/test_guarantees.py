@@ -1,4 +1,4 @@
-"""The through-HTTP check of the service's promises, against the session's real server."""
+"""The through-HTTP check of the service's promises, against the test run's real server."""
 
 import json
 

@@ -67,5 +67,5 @@ def test_a_sweep_with_auto_against_the_real_server(server, tmp_path):
     assert (fixed["n_samples"], auto["n_samples"]) == ("2", "auto")
     assert int(auto["failures"]) == 0 and int(auto["requests"]) > 0
     assert float(fixed["mean_n_samples"]) == pytest.approx(2.0)
-    assert 8 <= float(auto["mean_n_samples"]) <= 100  # the session card's rounds: 8 to 100
+    assert 8 <= float(auto["mean_n_samples"]) <= 100  # the test card's rounds: 8 to 100
     assert "- `/predict_batched` auto: mean N" in (tmp_path / "tradeoff.md").read_text()

@@ -68,7 +68,7 @@ def without_runner(summary: dict) -> dict:
 
 @pytest.fixture(scope="session")
 def stored(classifier_tag):
-    """The session classifier: (model, card, tag)."""
+    """The test run's classifier: (model, card, tag)."""
     return load_classifier(classifier_tag)
 
 

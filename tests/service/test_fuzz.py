@@ -86,7 +86,7 @@ def test_the_document_states_the_constraints_so_that_requests_reach_the_checks(s
     predict = request_schema(document, "/predict")
     instances = predict["instances"]
     assert (instances["minItems"], instances["maxItems"]) == (1, most_instances)
-    # the session's classifier: 8 x 8 digits, values in [0, 16]
+    # the test run's classifier: 8 x 8 digits, values in [0, 16]
     assert instances["items"]["oneOf"] == instance_json_schema(
         InputSpec((8, 8), (0.0, 16.0)))["oneOf"]
     assert predict["n_samples"]["oneOf"] == [

@@ -1,5 +1,5 @@
 """The Open Inference Protocol (KServe V2) under /v2: tritonclient's HTTP client against
-the session's real ``bentoml serve``, raw HTTP for the error shapes, and the app alone
+the test run's real ``bentoml serve``, raw HTTP for the error shapes, and the app alone
 (in this process) for what the real server cannot show (a model still loading)."""
 
 import gzip
@@ -456,7 +456,7 @@ def test_while_the_model_loads_the_model_endpoints_answer_503():
 
 
 def test_behind_the_service_middleware_while_loading(client):
-    """The whole service in this process (session fixture), its model taken away."""
+    """The whole service in this process (shared by the test run), its model taken away."""
     service = current_service()
     predictor, service.predictor = service.predictor, None
     try:

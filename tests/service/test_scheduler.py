@@ -1,4 +1,4 @@
-"""The scheduler (service/scheduler.py) over the session's real tiny classifier: batching,
+"""The scheduler (service/scheduler.py) over the test run's real tiny classifier: batching,
 slicing, seeds, admission, budgets, fairness and cancellation, on an event loop of its own."""
 
 import asyncio

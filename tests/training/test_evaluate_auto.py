@@ -30,7 +30,7 @@ def test_uq_evaluate_has_an_auto_row(classifier_tag, tmp_path, capsys):
         low, high = versus["nll_difference_interval"]
         assert low <= versus["nll_difference"] <= high
     guarantees = auto["guarantees"]
-    assert guarantees["target_error"] == 0.1  # the session classifier's
+    assert guarantees["target_error"] == 0.1  # the test classifier's
     assert set(guarantees["holds"]) == {"selective_error", "conformal_coverage",
                                         "novelty_false_alarms"}
     assert set(auto["shifted"]) == {"gaussian_noise", "inverted"}

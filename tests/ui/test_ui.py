@@ -1,9 +1,10 @@
 """The web page at /ui in a real browser: headless Chromium (Debian's ``chromium`` and
-``chromium-driver``) driven by selenium against the session's real ``bentoml serve``,
+``chromium-driver``) driven by selenium against the test run's real ``bentoml serve``,
 its answers checked against the JSON API's for the same input, N and seed.
 
 The browser tests skip when Chromium or its driver is missing (``.ci/run`` installs
-them). ``UQ_UI_SCREENSHOT=docs/ui.png`` also refreshes the README's screenshot.
+them). ``UQ_UI_SCREENSHOT=PATH`` also saves the page with the test model's answer at
+desktop and phone widths (the docs' screenshots show the default model: docs/ui.md).
 """
 
 import io
@@ -230,7 +231,7 @@ def test_drawing_with_the_keyboard_predicts_the_drawing(page, http):
 
 def test_the_generate_view_shows_samples_and_their_flags(page, http):
     tab = by_id(page, "tab-generate")
-    assert tab.is_displayed()  # the session's server has a generator
+    assert tab.is_displayed()  # the test run's server has a generator
     tab.click()
     count = int(Select(by_id(page, "generate-count")).first_selected_option.text)
     by_id(page, "generate-button").click()
@@ -256,7 +257,7 @@ def test_the_generate_view_shows_samples_and_their_flags(page, http):
 
 
 @pytest.mark.skipif(not os.environ.get("UQ_UI_SCREENSHOT"),
-                    reason="UQ_UI_SCREENSHOT=docs/ui.png refreshes the README's screenshot")
+                    reason="UQ_UI_SCREENSHOT=PATH saves a screenshot of the page")
 def test_screenshot(page, http):
     """The page with a real answer at desktop width and, beside it, at phone width; at an
     N whose risk threshold flags some answers but not all, if the model has one."""
