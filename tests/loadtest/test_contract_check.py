@@ -1,4 +1,4 @@
-"""The contract check (python -m loadtest.contract_check) against the session's real
+"""The contract check (python -m loadtest.contract_check) against the test run's real
 ``bentoml serve``: what CI runs against the serving install, the image and the Bento."""
 
 from loadtest.contract_check import main

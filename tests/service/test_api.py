@@ -322,7 +322,7 @@ def flat_tags(tmp_path_factory) -> dict[int, str]:
 
 @pytest.fixture
 def serve_flat(client, flat_tags, monkeypatch):
-    """Serve one of ``flat_tags``' models in place of the session's: ``serve_flat(size)``."""
+    """Serve one of ``flat_tags``' models in place of the test run's: ``serve_flat(size)``."""
     service = current_service()
 
     def serve(size: int) -> None:
