@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from commandline.arguments import OneLineErrorParser, fail
+from commandline.provenance import provenance
 from loadtest.server import add_service_options
 
 PROG = "python -m loadtest.drift_replay"
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ServerError, RuntimeError, ValueError) as error:
         return fail(PROG, str(error))
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    report = {**provenance(None if argv is None else [PROG, *argv]), **report}
     args.output.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.output}")
     return 0

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from commandline.arguments import OneLineErrorParser, fail, sample_counts
+from commandline.provenance import provenance
 from loadtest.server import add_service_options
 
 PROG = "python -m loadtest.guarantees"
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ServerError, RuntimeError, ValueError) as error:
         return fail(PROG, str(error))
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    report = {**provenance(None if argv is None else [PROG, *argv]), **report}
     args.output.write_text(json.dumps(report, indent=2))
     args.output.with_suffix(".md").write_text(markdown(report))
     print(f"wrote {args.output} and {args.output.with_suffix('.md')}")
