@@ -33,7 +33,8 @@ the adaptive procedure as the service runs it, the mean and distribution of the 
 used, its quality paired against every N, and its guarantees (training.evaluate_auto).
 
 Then the AUROC of every uncertainty score at telling test images from each shifted
-set at the default N. Writes evaluation.json and PNG plots. With ``--drift-replay``,
+set at the default N. Writes evaluation.json (headed by the command, commit, date and
+machine that measured it) and PNG plots. With ``--drift-replay``,
 the test split and then a shifted set stream through the service's drift detector
 (training.drift_replay): drift_replay.png and "drift_replay" in evaluation.json.
 """
@@ -52,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from commandline.arguments import OneLineErrorParser, fail, sample_counts
+from commandline.provenance import provenance
 from training.data import DatasetError, load_dataset
 from training.evaluation import (
     ACCURACY_TOLERANCE,
@@ -493,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             return fail("uq-evaluate", str(error))
     del report["_plots"]
+    report = {**provenance(None if argv is None else ["uq-evaluate", *argv]), **report}
     (args.output_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     print(summary_table(report))
     if "drift_replay" in report:
