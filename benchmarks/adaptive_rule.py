@@ -19,7 +19,7 @@ its own samples can do better than the second at the same mean N: a bound on NLL
 mean N for independent samples (for stratified ones B overstates the noise, and the
 oracle is a reference, not a bound).
 
-    python benchmarks/adaptive_rule.py --model uq-classifier:latest \\
+    python -m benchmarks.adaptive_rule --model uq-classifier:latest \\
         --output benchmarks/results/adaptive_rule.json
 """
 
@@ -30,12 +30,10 @@ import os
 import sys
 from pathlib import Path
 
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from commandline.arguments import OneLineErrorParser, fail  # noqa: E402
+from commandline.arguments import OneLineErrorParser, fail
+from commandline.provenance import provenance
 
 #: (name, first round, StoppingRule settings, stratified rounds)
 VARIANTS = (
@@ -201,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{figures['nll_vs_100']:+.4f} ({low:+.4f} to {high:+.4f}) | "
               f"{figures['ece']:.4f} | {'' if selective is None else f'{selective:.4f}'} |")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"model": tag, "repeats": args.repeats,
+    args.output.write_text(json.dumps({**provenance(), "model": tag, "repeats": args.repeats,
                                        "results": results, "rounds": rounds}, indent=2))
     print(f"\nwrote {args.output}")
     return 0

@@ -1,6 +1,6 @@
 """What saying no costs the server: its CPU per refusal, through HTTP.
 
-    python benchmarks/refusal_cost.py --model uq-classifier:latest \\
+    python -m benchmarks.refusal_cost --model uq-classifier:latest \\
         --output benchmarks/results/refusal_cost.json
 
 Under overload the service refuses most requests, and every refusal takes event-loop
@@ -32,13 +32,11 @@ import sys
 import time
 from pathlib import Path
 
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from benchmarks.overload import server_tree  # noqa: E402
-from benchmarks.service import _client, _request_bytes  # noqa: E402
-from commandline.arguments import OneLineErrorParser, fail, positive_integer  # noqa: E402
-from loadtest.server import free_port, served  # noqa: E402
+from benchmarks.load_client import keep_alive_client, request_bytes
+from benchmarks.server_processes import server_tree
+from commandline.arguments import OneLineErrorParser, fail, positive_integer
+from commandline.provenance import provenance
+from loadtest.server import free_port, served
 
 REFUSAL = json.dumps({"error": "the service is overloaded; retry later"}).encode()
 
@@ -68,7 +66,7 @@ def cpu_per_answer(port: int, process, request: bytes, clients: int, seconds: fl
     stop = time.monotonic() + seconds
 
     async def run() -> None:
-        await asyncio.gather(*(_client(port, [request], 0, 1, stop, [], statuses)
+        await asyncio.gather(*(keep_alive_client(port, [request], 0, 1, stop, [], statuses)
                                for _ in range(clients)))
 
     times = process.cpu_times()
@@ -119,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(parser.prog, f"model {args.model!r} is not in the store "
                     "('bentoml models list')")
     body = one_image_body(card.dataset)
-    service_request = _request_bytes("/predict_batched", body).replace(
-        b"application/json", b"text/plain", 1)
-    bare_request = _request_bytes("/predict_batched", body)
+    service_request = request_bytes("/predict_batched", body, content_type="text/plain")
+    bare_request = request_bytes("/predict_batched", body)
     rounds: list[dict] = []
     bare_port = free_port()
     bare = bare_server(bare_port)
@@ -149,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                for side in ("service", "bare")}
     print(f"\nmedian CPU per refusal: service {medians['service']:.0f} us, bare uvicorn "
           f"{medians['bare']:.0f} us")
-    args.output.write_text(json.dumps({"model": args.model, "clients": args.clients,
+    args.output.write_text(json.dumps({**provenance(), "model": args.model, "clients": args.clients,
                                        "seconds": args.seconds, "median_cpu_us": medians,
                                        "rounds": rounds}, indent=2))
     print(f"wrote {args.output}")

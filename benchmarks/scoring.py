@@ -23,7 +23,7 @@ within minutes):
 Targets, judged on the medians over the rounds: local rate >= 0.8 x the engine's; the
 Ray run's time <= 2 x the local run's; the local run's peak RSS <= 2 GB.
 
-    python benchmarks/scoring.py --output benchmarks/results/scoring.json
+    python -m benchmarks.scoring --output benchmarks/results/scoring.json
 """
 
 from __future__ import annotations
@@ -39,11 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-# Run as a script, this file's directory heads sys.path; nothing here may shadow a package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
-
-from commandline.arguments import OneLineErrorParser, positive_integer  # noqa: E402
+from commandline.arguments import OneLineErrorParser, positive_integer
+from commandline.provenance import provenance
 
 ROWS = 200_000
 MODEL_NAME = "uq-bench-digits"
@@ -180,7 +177,7 @@ def same_scores(first: Path, second: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(prog="benchmarks/scoring.py",
+    parser = OneLineErrorParser(prog="python -m benchmarks.scoring",
                                 description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=positive_integer, default=ROWS,
                         help="rows of digits input (default: %(default)s)")
@@ -264,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(list(values))
 
     result = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(), "load_average": os.getloadavg()},
+        **provenance(), "python": platform.python_version(),
+        "load_average": os.getloadavg(),
         "rows": args.rows, "model": "digits, Dense(64), as tests/conftest.py's classifier_tag",
         "n_samples": n_samples, "engine_batch": scorer.batch_size, "chunk_rows": chunk_rows,
         "ray_cluster": {"cpus": 2, "note": "started before the rounds, as a real cluster "

@@ -9,7 +9,7 @@ On a stored classifier and its test split, in one run:
   its variance across ``--draws`` seeds, averaged over ``--rows`` test rows), stratified
   against independent, for N = 8, 12 (a block and a half), 16 and 32.
 
-    python benchmarks/stratified.py --model uq-classifier:latest \\
+    python -m benchmarks.stratified --model uq-classifier:latest \\
         --output benchmarks/results/stratified.json
 """
 
@@ -22,12 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from commandline.arguments import OneLineErrorParser, fail  # noqa: E402
+from commandline.arguments import OneLineErrorParser, fail
+from commandline.provenance import provenance
 
 CALL_ROWS = (64, 512, 2048, 4096)
 SAMPLE_COUNTS = (8, 12, 16, 32)
@@ -104,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['n_samples']} | {row['independent_variance']:.2e} | "
               f"{row['stratified_variance']:.2e} | {row['ratio']:.2f} |")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"model": tag, "rounds": args.rounds,
+    args.output.write_text(json.dumps({**provenance(), "model": tag, "rounds": args.rounds,
                                        "draws": args.draws, "rows": len(rows),
                                        "cost": cost, "gain": gain}, indent=2))
     print(f"\nwrote {args.output}")
