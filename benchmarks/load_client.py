@@ -99,7 +99,10 @@ async def keep_alive_client(port: int, requests: list[bytes], first: int, step: 
     connection.close()
 
 
-def percentiles(latencies_ms: list[float]) -> dict[str, float]:
+def percentiles(latencies_ms: list[float]) -> dict[str, float | None]:
+    """p50, p95 and p99 of the 200s; None when no request was answered 200."""
+    if not latencies_ms:
+        return dict.fromkeys(("p50_ms", "p95_ms", "p99_ms"))
     values = np.asarray(latencies_ms)
     return {f"p{q}_ms": float(np.percentile(values, q)) for q in (50, 95, 99)}
 
