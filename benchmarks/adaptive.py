@@ -58,7 +58,8 @@ def bodies(images: np.ndarray, path: str, instances: int, n_samples: int | str) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m benchmarks.adaptive",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest", help="classifier tag")
     parser.add_argument("--fixed", default="50,10",
                         help="comma-separated fixed N to compare with (default: %(default)s; "

@@ -54,7 +54,8 @@ LOG_LOSS_ORACLE_SCALES = (50, 75)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m benchmarks.adaptive_rule",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)

@@ -69,7 +69,8 @@ def v2_request_bodies(images: np.ndarray, n_samples: int) -> list[bytes]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m benchmarks.http_service",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest", help="classifier tag")
     parser.add_argument("--n-samples", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=32)

@@ -148,7 +148,8 @@ def check_targets(rows: list[dict]) -> list[tuple[str, float, bool]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m benchmarks.mc_engine",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/mc_engine.json"),
                         help="where to write the JSON results")
     args = parser.parse_args(argv)

@@ -98,7 +98,8 @@ def bare_server(port: int) -> subprocess.Popen:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m benchmarks.refusal_cost",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest")
     parser.add_argument("--clients", type=positive_integer, default=32)
     parser.add_argument("--seconds", type=positive_integer, default=8)

@@ -32,7 +32,8 @@ SAMPLE_COUNTS = (8, 12, 16, 32)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m benchmarks.stratified",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--draws", type=int, default=8)
