@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="UQ_BATCH_MAX_LATENCY_MS of the server (default: the service's)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/adaptive.json"))
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
     try:
         fixed = sorted({int(n) for n in args.fixed.split(",")} | {BASELINE}, reverse=True)
     except ValueError:
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     for text, met in targets:
         print(f"{'PASS' if met else 'FAIL'}  {text}")
     args.output.write_text(json.dumps({
-        **provenance(), "model": args.model, "auto_schedule": list(card.auto_calibration.schedule),
+        **origin, "model": args.model, "auto_schedule": list(card.auto_calibration.schedule),
         "batch_max_latency_ms": os.environ.get("UQ_BATCH_MAX_LATENCY_MS", "default"),
         "duration_s": args.duration, "rounds": rounds, "median": median, "ratios": ratios,
         "targets": [{"target": text, "met": met} for text, met in targets],

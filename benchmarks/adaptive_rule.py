@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path,
                         default=Path("benchmarks/results/adaptive_rule.json"))
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
     if args.repeats < 1 or args.seed < 0:
         parser.error("--repeats must be >= 1 and --seed >= 0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{figures['nll_vs_100']:+.4f} ({low:+.4f} to {high:+.4f}) | "
               f"{figures['ece']:.4f} | {'' if selective is None else f'{selective:.4f}'} |")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({**provenance(), "model": tag, "repeats": args.repeats,
+    args.output.write_text(json.dumps({**origin, "model": tag, "repeats": args.repeats,
                                        "results": results, "rounds": rounds}, indent=2))
     print(f"\nwrote {args.output}")
     return 0

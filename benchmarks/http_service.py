@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds of every measurement; the targets use their medians")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/service.json"))
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
     if args.rounds < 1 or args.duration <= 0 or args.concurrency < 1:
         parser.error("--rounds and --concurrency must be at least 1, --duration positive")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, met in targets:
         print(f"{'PASS' if met else 'FAIL'}  {name}")
     args.output.write_text(json.dumps({
-        **provenance(), "model": args.model, "n_samples": args.n_samples, "rounds": rounds,
+        **origin, "model": args.model, "n_samples": args.n_samples, "rounds": rounds,
         "median": {"engine_ms": engine_ms, "sequential": single,
                    "sequential_v2": single_v2, "concurrent": loads, "speedup": speedup},
         "targets": [{"target": name, "met": met} for name, met in targets],

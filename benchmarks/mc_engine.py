@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/mc_engine.json"),
                         help="where to write the JSON results")
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
     configure_tensorflow_threads()
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'PASS' if met else 'FAIL'}  {name}: {value:.3g}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
-        **provenance(), "tensorflow": tf.__version__,
+        **origin, "tensorflow": tf.__version__,
         "matmul_peak_gflops": peak,
         "rows": rows,
         "targets": [{"target": n, "value": v, "met": m} for n, v, m in targets],

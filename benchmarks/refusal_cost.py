@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path,
                         default=Path("benchmarks/results/refusal_cost.json"))
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
     import bentoml
     import psutil
 
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                for side in ("service", "bare")}
     print(f"\nmedian CPU per refusal: service {medians['service']:.0f} us, bare uvicorn "
           f"{medians['bare']:.0f} us")
-    args.output.write_text(json.dumps({**provenance(), "model": args.model, "clients": args.clients,
+    args.output.write_text(json.dumps({**origin, "model": args.model, "clients": args.clients,
                                        "seconds": args.seconds, "median_cpu_us": medians,
                                        "rounds": rounds}, indent=2))
     print(f"wrote {args.output}")

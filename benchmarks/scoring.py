@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path,
                         default=Path("benchmarks/results/scoring.json"))
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
 
     work = Path(tempfile.mkdtemp(prefix="uq-bench-scoring-"))
     os.environ["BENTOML_HOME"] = str(work / "bentoml")  # before BentoML is imported
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(list(values))
 
     result = {
-        **provenance(), "python": platform.python_version(),
+        **origin, "python": platform.python_version(),
         "load_average": os.getloadavg(),
         "rows": args.rows, "model": "digits, Dense(64), as tests/conftest.py's classifier_tag",
         "n_samples": n_samples, "engine_batch": scorer.batch_size, "chunk_rows": chunk_rows,

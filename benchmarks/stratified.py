@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/stratified.json"))
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
     if min(args.rounds, args.rows) < 1 or args.draws < 2:
         parser.error("--rounds and --rows must be >= 1, --draws >= 2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['n_samples']} | {row['independent_variance']:.2e} | "
               f"{row['stratified_variance']:.2e} | {row['ratio']:.2f} |")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({**provenance(), "model": tag, "rounds": args.rounds,
+    args.output.write_text(json.dumps({**origin, "model": tag, "rounds": args.rounds,
                                        "draws": args.draws, "rows": len(rows),
                                        "cost": cost, "gain": gain}, indent=2))
     print(f"\nwrote {args.output}")

@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     from loadtest.server import ServerError, against_service
 
     args = build_parser().parse_args(argv)
+    # before the run: the tree it measures
+    origin = provenance(None if argv is None else [PROG, *argv])
     if min(args.test_requests, args.shifted_requests, args.poll_every) < 1:
         return fail(PROG, "--test-requests, --shifted-requests and --poll-every must be >= 1")
     try:
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ServerError, RuntimeError, ValueError) as error:
         return fail(PROG, str(error))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {**provenance(None if argv is None else [PROG, *argv]), **report}
+    report = {**origin, **report}
     args.output.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.output}")
     return 0

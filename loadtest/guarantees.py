@@ -134,13 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     from loadtest.server import ServerError, against_service
 
     args = build_parser().parse_args(argv)
+    # before the run: the tree it measures
+    origin = provenance(None if argv is None else [PROG, *argv])
     try:
         report = against_service(args.host, args.model, args.output.parent,
                                  lambda url: check(url, args))
     except (ServerError, RuntimeError, ValueError) as error:
         return fail(PROG, str(error))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {**provenance(None if argv is None else [PROG, *argv]), **report}
+    report = {**origin, **report}
     args.output.write_text(json.dumps(report, indent=2))
     args.output.with_suffix(".md").write_text(markdown(report))
     print(f"wrote {args.output} and {args.output.with_suffix('.md')}")

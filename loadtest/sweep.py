@@ -190,6 +190,8 @@ def sweep(host: str, args: argparse.Namespace, paths: tuple[str, ...]) -> list[d
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    # before the run: the tree it measures
+    origin = provenance(None if argv is None else ["uq-loadtest", *argv])
     try:
         paths = check_arguments(args)
         evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
@@ -203,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         return fail("uq-loadtest", str(error))
     from loadtest.report import write_report
 
-    origin = provenance(None if argv is None else ["uq-loadtest", *argv])
     write_report(rows, evaluation, args.latency_budget_ms, args.output_dir, origin)
     print((args.output_dir / "tradeoff.md").read_text())
     print(f"wrote {args.output_dir}/tradeoff.csv, tradeoff.md, tradeoff.png and tradeoff.json")

@@ -446,6 +446,8 @@ def _broken(holds: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    # before the run: the tree it measures
+    origin = provenance(None if argv is None else ["uq-evaluate", *argv])
     if min(args.reference_samples, args.reference_rows, args.generated_images) < 1:
         return fail("uq-evaluate", "--reference-samples, --reference-rows and --generated-images "
                     "must be >= 1")
@@ -495,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             return fail("uq-evaluate", str(error))
     del report["_plots"]
-    report = {**provenance(None if argv is None else ["uq-evaluate", *argv]), **report}
+    report = {**origin, **report}
     (args.output_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     print(summary_table(report))
     if "drift_replay" in report:

@@ -49,7 +49,7 @@ def measure(url: str, args) -> dict:
     after = worker_rss_mb(tree)
     measured.results["rss_mb"] = {"before": before, "after": after,
                                   "growth": after / before - 1 if before and after else None}
-    return {**provenance(), "model": meta["model"], "url": url, "images": source,
+    return {"model": meta["model"], "url": url, "images": source,
             "n_samples": args.n_samples, "clients": args.clients, "batch_max_latency_ms": limit_ms,
             "phases_run": [p for p in PHASES if p in args.phases],
             "phases": measured.phases, "results": measured.results,
@@ -111,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
     if not 0 < args.overload <= 20:
         parser.error(f"--overload must lie in (0, 20], got {args.overload:g}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        report = against_service(args.host, args.model, args.output.parent,
-                                 lambda url: measure(url, args))
+        report = {**origin, **against_service(args.host, args.model, args.output.parent,
+                                              lambda url: measure(url, args))}
     except (ServerError, RuntimeError, OSError) as error:
         return fail(PROG, str(error))
     print()
