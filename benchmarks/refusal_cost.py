@@ -27,30 +27,16 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.bare_refusal import bare_server
 from benchmarks.load_client import keep_alive_client, request_bytes
 from benchmarks.server_processes import server_tree
 from commandline.arguments import OneLineErrorParser, fail, positive_integer
 from commandline.provenance import provenance
 from loadtest.server import free_port, served
-
-REFUSAL = json.dumps({"error": "the service is overloaded; retry later"}).encode()
-
-
-async def bare_app(scope: dict, receive, send) -> None:
-    """Read the body, answer 429 with a JSON body and Retry-After."""
-    if scope["type"] != "http":
-        return
-    while (await receive()).get("more_body"):
-        pass
-    await send({"type": "http.response.start", "status": 429, "headers": [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(REFUSAL)).encode()), (b"retry-after", b"1")]})
-    await send({"type": "http.response.body", "body": REFUSAL})
 
 
 def one_image_body(dataset: str) -> bytes:
@@ -78,23 +64,6 @@ def cpu_per_answer(port: int, process, request: bytes, clients: int, seconds: fl
     return {"answers": len(statuses), "statuses": sorted(set(statuses)),
             "answers_per_s": len(statuses) / wall, "server_cores": cpu / wall,
             "cpu_us_per_answer": cpu / max(len(statuses), 1) * 1e6}
-
-
-def bare_server(port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "benchmarks.refusal_cost:bare_app", "--port",
-         str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-         "--log-level", "warning"],
-        cwd=Path(__file__).resolve().parents[1])
-    import psutil
-
-    deadline = time.monotonic() + 30
-    while not any(c.laddr.port == port for c in psutil.net_connections("tcp")
-                  if c.status == psutil.CONN_LISTEN):
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError("the bare uvicorn app did not start")
-        time.sleep(0.2)
-    return process
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from benchmarks.bare_refusal import bare_server
 from benchmarks.load_client import concurrent, sequential
-from benchmarks.refusal_cost import bare_server
 from loadtest.server import free_port
 
 
