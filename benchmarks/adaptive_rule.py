@@ -19,7 +19,7 @@ its own samples can do better than the second at the same mean N: a bound on NLL
 mean N for independent samples (for stratified ones B overstates the noise, and the
 oracle is a reference, not a bound).
 
-    python benchmarks/adaptive_rule.py --model uq-classifier:latest \\
+    python -m benchmarks.adaptive_rule --model uq-classifier:latest \\
         --output benchmarks/results/adaptive_rule.json
 """
 
@@ -30,12 +30,16 @@ import os
 import sys
 from pathlib import Path
 
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from commandline.arguments import OneLineErrorParser, fail  # noqa: E402
+from artifacts.store import load_classifier
+from commandline.arguments import OneLineErrorParser, fail
+from commandline.provenance import provenance
+from training.data import load_dataset
+from training.evaluation import mc_samples
+from uncertainty import metrics
+from uncertainty.calibration import decide
+from uncertainty.sequential import StoppingRule, calibrate_auto, round_schedule, run_sequential
 
 #: (name, first round, StoppingRule settings, stratified rounds)
 VARIANTS = (
@@ -56,30 +60,21 @@ LOG_LOSS_ORACLE_SCALES = (50, 75)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m benchmarks.adaptive_rule",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path,
                         default=Path("benchmarks/results/adaptive_rule.json"))
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
     if args.repeats < 1 or args.seed < 0:
         parser.error("--repeats must be >= 1 and --seed >= 0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import bentoml
 
-    from artifacts.store import load_classifier
-    from training.data import load_dataset
-    from training.evaluation import mc_samples
-    from uncertainty import metrics
-    from uncertainty.calibration import decide
-    from uncertainty.engine import MCEngine, configure_tensorflow_threads
-    from uncertainty.sequential import (
-        StoppingRule,
-        calibrate_auto,
-        round_schedule,
-        run_sequential,
-    )
+    from uncertainty.mc import MCEngine, configure_tensorflow_threads  # imports TensorFlow
 
     configure_tensorflow_threads()
     try:
@@ -201,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{figures['nll_vs_100']:+.4f} ({low:+.4f} to {high:+.4f}) | "
               f"{figures['ece']:.4f} | {'' if selective is None else f'{selective:.4f}'} |")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"model": tag, "repeats": args.repeats,
+    args.output.write_text(json.dumps({**origin, "model": tag, "repeats": args.repeats,
                                        "results": results, "rounds": rounds}, indent=2))
     print(f"\nwrote {args.output}")
     return 0

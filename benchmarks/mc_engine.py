@@ -11,14 +11,13 @@ and reports the engine's speedups and its GFLOP/s (the dense-layer FLOPs it
 actually performs: the prefix once per input, the rest once per sample) as a
 fraction of the TensorFlow float32 matmul peak measured in the same run.
 
-    python benchmarks/mc_engine.py --output benchmarks/results/mc_engine.json
+    python -m benchmarks.mc_engine --output benchmarks/results/mc_engine.json
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,7 +31,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from commandline.arguments import OneLineErrorParser  # noqa: E402
-from uncertainty.engine import MCEngine, configure_tensorflow_threads  # noqa: E402
+from commandline.provenance import provenance  # noqa: E402
+from uncertainty.mc import MCEngine, configure_tensorflow_threads  # noqa: E402
 
 BATCH_SIZES = (1, 32, 256)
 SAMPLE_COUNTS = (1, 10, 30, 100)
@@ -148,10 +148,12 @@ def check_targets(rows: list[dict]) -> list[tuple[str, float, bool]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m benchmarks.mc_engine",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/mc_engine.json"),
                         help="where to write the JSON results")
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
     configure_tensorflow_threads()
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -183,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'PASS' if met else 'FAIL'}  {name}: {value:.3g}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
-        "machine": {"processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "tensorflow": tf.__version__},
+        **origin, "tensorflow": tf.__version__,
         "matmul_peak_gflops": peak,
         "rows": rows,
         "targets": [{"target": n, "value": v, "met": m} for n, v, m in targets],

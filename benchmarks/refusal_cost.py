@@ -1,6 +1,6 @@
 """What saying no costs the server: its CPU per refusal, through HTTP.
 
-    python benchmarks/refusal_cost.py --model uq-classifier:latest \\
+    python -m benchmarks.refusal_cost --model uq-classifier:latest \\
         --output benchmarks/results/refusal_cost.json
 
 Under overload the service refuses most requests, and every refusal takes event-loop
@@ -27,36 +27,21 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from benchmarks.overload import server_tree  # noqa: E402
-from benchmarks.service import _client, _request_bytes  # noqa: E402
-from commandline.arguments import OneLineErrorParser, fail, positive_integer  # noqa: E402
-from loadtest.server import free_port, served  # noqa: E402
-
-REFUSAL = json.dumps({"error": "the service is overloaded; retry later"}).encode()
-
-
-async def bare_app(scope: dict, receive, send) -> None:
-    """Read the body, answer 429 with a JSON body and Retry-After."""
-    if scope["type"] != "http":
-        return
-    while (await receive()).get("more_body"):
-        pass
-    await send({"type": "http.response.start", "status": 429, "headers": [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(REFUSAL)).encode()), (b"retry-after", b"1")]})
-    await send({"type": "http.response.body", "body": REFUSAL})
+from artifacts.store import read_card
+from benchmarks.bare_refusal import bare_server
+from benchmarks.load_client import keep_alive_client, request_bytes
+from benchmarks.server_processes import server_tree
+from commandline.arguments import OneLineErrorParser, fail, positive_integer
+from commandline.provenance import provenance
+from loadtest.server import free_port, served
+from training.data import load_dataset
 
 
 def one_image_body(dataset: str) -> bytes:
-    from training.data import load_dataset
 
     image = load_dataset(dataset).x_test[0].reshape(-1).astype(int).tolist()
     return json.dumps({"items": [{"instance": image, "n_samples": 30}]}).encode()
@@ -68,7 +53,7 @@ def cpu_per_answer(port: int, process, request: bytes, clients: int, seconds: fl
     stop = time.monotonic() + seconds
 
     async def run() -> None:
-        await asyncio.gather(*(_client(port, [request], 0, 1, stop, [], statuses)
+        await asyncio.gather(*(keep_alive_client(port, [request], 0, 1, stop, [], statuses)
                                for _ in range(clients)))
 
     times = process.cpu_times()
@@ -82,25 +67,9 @@ def cpu_per_answer(port: int, process, request: bytes, clients: int, seconds: fl
             "cpu_us_per_answer": cpu / max(len(statuses), 1) * 1e6}
 
 
-def bare_server(port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "benchmarks.refusal_cost:bare_app", "--port",
-         str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-         "--log-level", "warning"],
-        cwd=Path(__file__).resolve().parents[1])
-    import psutil
-
-    deadline = time.monotonic() + 30
-    while not any(c.laddr.port == port for c in psutil.net_connections("tcp")
-                  if c.status == psutil.CONN_LISTEN):
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError("the bare uvicorn app did not start")
-        time.sleep(0.2)
-    return process
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m benchmarks.refusal_cost",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest")
     parser.add_argument("--clients", type=positive_integer, default=32)
     parser.add_argument("--seconds", type=positive_integer, default=8)
@@ -108,10 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path,
                         default=Path("benchmarks/results/refusal_cost.json"))
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
     import bentoml
     import psutil
-
-    from artifacts.store import read_card
 
     try:
         card = read_card(bentoml.models.get(args.model))
@@ -119,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(parser.prog, f"model {args.model!r} is not in the store "
                     "('bentoml models list')")
     body = one_image_body(card.dataset)
-    service_request = _request_bytes("/predict_batched", body).replace(
-        b"application/json", b"text/plain", 1)
-    bare_request = _request_bytes("/predict_batched", body)
+    service_request = request_bytes("/predict_batched", body, content_type="text/plain")
+    bare_request = request_bytes("/predict_batched", body)
     rounds: list[dict] = []
     bare_port = free_port()
     bare = bare_server(bare_port)
@@ -149,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                for side in ("service", "bare")}
     print(f"\nmedian CPU per refusal: service {medians['service']:.0f} us, bare uvicorn "
           f"{medians['bare']:.0f} us")
-    args.output.write_text(json.dumps({"model": args.model, "clients": args.clients,
+    args.output.write_text(json.dumps({**origin, "model": args.model, "clients": args.clients,
                                        "seconds": args.seconds, "median_cpu_us": medians,
                                        "rounds": rounds}, indent=2))
     print(f"wrote {args.output}")

@@ -23,7 +23,7 @@ within minutes):
 Targets, judged on the medians over the rounds: local rate >= 0.8 x the engine's; the
 Ray run's time <= 2 x the local run's; the local run's peak RSS <= 2 GB.
 
-    python benchmarks/scoring.py --output benchmarks/results/scoring.json
+    python -m benchmarks.scoring --output benchmarks/results/scoring.json
 """
 
 from __future__ import annotations
@@ -39,11 +39,14 @@ import tempfile
 import time
 from pathlib import Path
 
-# Run as a script, this file's directory heads sys.path; nothing here may shadow a package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
-
-from commandline.arguments import OneLineErrorParser, positive_integer  # noqa: E402
+from artifacts.store import load_classifier
+from commandline.arguments import OneLineErrorParser, positive_integer
+from commandline.provenance import provenance
+from scoring.output import read_scores
+from scoring.sources import open_source
+from training.config import ModelConfig, TrainConfig
+from training.data import load_dataset
+from training.train import train
 
 ROWS = 200_000
 MODEL_NAME = "uq-bench-digits"
@@ -55,9 +58,6 @@ TARGET_PEAK_RSS_GB = 2.0
 def train_digits_model(folder: Path, name: str = MODEL_NAME,
                        hidden_units: tuple[int, ...] = (64,)) -> str:
     """The tests' tiny digits classifier (or a wider one), in the current store; its tag."""
-    from training.config import ModelConfig, TrainConfig
-    from training.data import load_dataset
-    from training.train import train
 
     config = TrainConfig(
         dataset="digits", model_name=name, epochs=4, batch_size=64, learning_rate=0.01,
@@ -96,7 +96,7 @@ def engine_rate(engine, x, n_samples: int, batch: int) -> dict:
 
 def local_rate(scorer, source, folder: Path, chunk_rows: int) -> dict:
     """The local runner over ``source`` into a fresh ``folder``."""
-    from scoring.local import run_local
+    from scoring.local import run_local  # imports TensorFlow
 
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "scores").mkdir(parents=True)
@@ -174,13 +174,12 @@ def command_run(arguments: list[str], output: Path) -> dict:
 
 
 def same_scores(first: Path, second: Path) -> bool:
-    from scoring.output import read_scores
 
     return read_scores(first).sort_by("id").equals(read_scores(second).sort_by("id"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(prog="benchmarks/scoring.py",
+    parser = OneLineErrorParser(prog="python -m benchmarks.scoring",
                                 description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=positive_integer, default=ROWS,
                         help="rows of digits input (default: %(default)s)")
@@ -197,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path,
                         default=Path("benchmarks/results/scoring.json"))
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
 
     work = Path(tempfile.mkdtemp(prefix="uq-bench-scoring-"))
     os.environ["BENTOML_HOME"] = str(work / "bentoml")  # before BentoML is imported
@@ -205,10 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import ray
 
-    from artifacts.store import load_classifier
-    from scoring.scorer import Scorer
-    from scoring.sources import open_source
-    from uncertainty.engine import configure_tensorflow_threads
+    from scoring.scorer import Scorer  # imports TensorFlow
+    from uncertainty.mc import configure_tensorflow_threads  # imports TensorFlow
 
     configure_tensorflow_threads()
     try:
@@ -264,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(list(values))
 
     result = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(), "load_average": os.getloadavg()},
+        **origin, "python": platform.python_version(),
+        "load_average": os.getloadavg(),
         "rows": args.rows, "model": "digits, Dense(64), as tests/conftest.py's classifier_tag",
         "n_samples": n_samples, "engine_batch": scorer.batch_size, "chunk_rows": chunk_rows,
         "ray_cluster": {"cpus": 2, "note": "started before the rounds, as a real cluster "

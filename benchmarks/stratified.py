@@ -9,7 +9,7 @@ On a stored classifier and its test split, in one run:
   its variance across ``--draws`` seeds, averaged over ``--rows`` test rows), stratified
   against independent, for N = 8, 12 (a block and a half), 16 and 32.
 
-    python benchmarks/stratified.py --model uq-classifier:latest \\
+    python -m benchmarks.stratified --model uq-classifier:latest \\
         --output benchmarks/results/stratified.json
 """
 
@@ -22,33 +22,33 @@ import sys
 import time
 from pathlib import Path
 
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from commandline.arguments import OneLineErrorParser, fail  # noqa: E402
+from artifacts.store import load_classifier
+from commandline.arguments import OneLineErrorParser, fail
+from commandline.provenance import provenance
+from training.data import load_dataset
 
 CALL_ROWS = (64, 512, 2048, 4096)
 SAMPLE_COUNTS = (8, 12, 16, 32)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m benchmarks.stratified",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--draws", type=int, default=8)
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/stratified.json"))
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
     if min(args.rounds, args.rows) < 1 or args.draws < 2:
         parser.error("--rounds and --rows must be >= 1, --draws >= 2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import bentoml
 
-    from artifacts.store import load_classifier
-    from training.data import load_dataset
-    from uncertainty.engine import MCEngine, configure_tensorflow_threads
+    from uncertainty.mc import MCEngine, configure_tensorflow_threads  # imports TensorFlow
 
     configure_tensorflow_threads()
     try:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['n_samples']} | {row['independent_variance']:.2e} | "
               f"{row['stratified_variance']:.2e} | {row['ratio']:.2f} |")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"model": tag, "rounds": args.rounds,
+    args.output.write_text(json.dumps({**origin, "model": tag, "rounds": args.rounds,
                                        "draws": args.draws, "rows": len(rows),
                                        "cost": cost, "gain": gain}, indent=2))
     print(f"\nwrote {args.output}")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from commandline.arguments import OneLineErrorParser, fail
+from commandline.provenance import provenance
 from loadtest.server import ServerError, add_service_options, against_service
 from training.data import load_dataset
 from training.ood import ood_sets
@@ -121,6 +122,8 @@ def replay(host: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # before the run: the tree it measures
+    origin = provenance(None if argv is None else [PROG, *argv])
     if min(args.test_requests, args.shifted_requests, args.poll_every) < 1:
         return fail(PROG, "--test-requests, --shifted-requests and --poll-every must be >= 1")
     try:
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ServerError, RuntimeError, ValueError) as error:
         return fail(PROG, str(error))
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    report = {**origin, **report}
     args.output.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.output}")
     return 0

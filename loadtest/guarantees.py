@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from commandline.arguments import OneLineErrorParser, fail, sample_counts
+from commandline.provenance import provenance
 from loadtest.server import ServerError, add_service_options, against_service
 from training.data import load_dataset
 from training.evaluation import decision_metrics
@@ -129,12 +130,15 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # before the run: the tree it measures
+    origin = provenance(None if argv is None else [PROG, *argv])
     try:
         report = against_service(args.host, args.model, args.output.parent,
                                  lambda url: check(url, args))
     except (ServerError, RuntimeError, ValueError) as error:
         return fail(PROG, str(error))
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    report = {**origin, **report}
     args.output.write_text(json.dumps(report, indent=2))
     args.output.with_suffix(".md").write_text(markdown(report))
     print(f"wrote {args.output} and {args.output.with_suffix('.md')}")

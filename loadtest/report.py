@@ -1,16 +1,19 @@
-"""The sample-count tradeoff report: tradeoff.csv, tradeoff.md and tradeoff.png.
+"""The sample-count tradeoff report: tradeoff.csv, tradeoff.md, tradeoff.png and
+tradeoff.json (the rows and the recommendation, with where they come from: command,
+commit, date, machine).
 
-Rows: one per (path, n_samples) with locust's latency percentiles, throughput
-and failures, plus the quality figures of uq-evaluate's evaluation.json for the
-same N when one is given. A row for ``n_samples: "auto"`` (the adaptive sample
-count) takes the evaluation's "auto" row, stands in the plot at the mean N its
-predictions used, and is set beside the fixed N rather than among them in the
-recommendation.
+Rows: one per (path, n_samples) with locust's latency percentiles, throughput (200
+answers per second), failures and the refusals (429) among them, plus the quality
+figures of uq-evaluate's evaluation.json for the same N when one is given. A row for
+``n_samples: "auto"`` (the adaptive sample count) takes the evaluation's "auto" row,
+stands in the plot at the mean N its predictions used, and is set beside the fixed N
+rather than among them in the recommendation.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from training.evaluation import ACCURACY_TOLERANCE, NLL_TOLERANCE, near_best  # noqa: E402
 
 LOAD_COLUMNS = ("path", "n_samples", "users", "requests", "p50_ms", "p95_ms", "p99_ms", "rps",
-                "failures", "mean_n_samples")
+                "failures", "refused", "mean_n_samples")
 AUTO = "auto"
 QUALITY_COLUMNS = ("accuracy", "nll", "ece", "brier", "estimator_error", "flagged_fraction",
                    "selective_error")
@@ -92,14 +95,14 @@ def write_markdown(rows: list[dict[str, Any]], advice: dict[str, dict[str, Any]]
                    latency_budget_ms: float, path: Path) -> None:
     quality = [c for c in ("accuracy", "nll", "ece", "estimator_error")
                if any(c in r for r in rows)]
-    header = ["path", "N", "mean N", "users", "p50 ms", "p95 ms", "p99 ms", "req/s", "failures",
-              *quality]
+    header = ["path", "N", "mean N", "users", "p50 ms", "p95 ms", "p99 ms", "200s/s", "refused",
+              "failures", *quality]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         mean_n = f"{row['mean_n_samples']:.2f}" if "mean_n_samples" in row else ""
         cells = [row["path"], row["n_samples"], mean_n, row["users"], f"{row['p50_ms']:.0f}",
                  f"{row['p95_ms']:.0f}", f"{row['p99_ms']:.0f}", f"{row['rps']:.1f}",
-                 row["failures"]]
+                 row["refused"], row["failures"]]
         cells += [f"{row[c]:.4f}" if c in row else "" for c in quality]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines += ["", f"Recommendation (quality within {ACCURACY_TOLERANCE:.1%} accuracy and "
@@ -118,7 +121,7 @@ def write_markdown(rows: list[dict[str, Any]], advice: dict[str, dict[str, Any]]
 
 def auto_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Per path with an "auto" row: the N its predictions used, and its throughput
-    against each fixed N swept on that path."""
+    against each fixed N swept on that path, with the refusals of each."""
     lines = []
     for row in rows:
         if row["n_samples"] != AUTO:
@@ -128,10 +131,10 @@ def auto_lines(rows: list[dict[str, Any]]) -> list[str]:
         shares = row.get("n_samples_shares") or {}
         spread = ("; predictions by N (histogram bucket: share): " + ", ".join(
             f"<= {bound}: {share:.0%}" for bound, share in shares.items()) if shares else "")
-        ratios = ", ".join(f"{row['rps'] / r['rps']:.2f}x N={r['n_samples']}" for r in fixed
-                           if r["rps"] > 0)
-        lines.append(f"- `{row['path']}` auto: {used}{row['rps']:.1f} req/s"
-                     + (f" ({ratios})" if ratios else "") + spread)
+        ratios = ", ".join(f"{row['rps'] / r['rps']:.2f}x N={r['n_samples']}, which had "
+                           f"{r['refused']} refused" for r in fixed if r["rps"] > 0)
+        lines.append(f"- `{row['path']}` auto: {used}{row['rps']:.1f} 200s/s, "
+                     f"{row['refused']} refused" + (f" ({ratios})" if ratios else "") + spread)
     return ["", 'n_samples "auto" (the adaptive sample count):', "", *lines] if lines else []
 
 
@@ -178,12 +181,17 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_report(rows: list[dict[str, Any]], evaluation: dict[str, Any] | None,
-                 latency_budget_ms: float, output_dir: Path) -> dict[str, dict[str, Any]]:
+                 latency_budget_ms: float, output_dir: Path,
+                 origin: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Every file of the report; ``origin``: commandline.provenance's keys of the run."""
     merge_quality(rows, evaluation)
     advice = recommend(rows, evaluation, latency_budget_ms)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_csv(rows, output_dir / "tradeoff.csv")
     write_markdown(rows, advice, latency_budget_ms, output_dir / "tradeoff.md")
     write_plot(rows, output_dir / "tradeoff.png")
+    (output_dir / "tradeoff.json").write_text(json.dumps({
+        **origin, "latency_budget_ms": latency_budget_ms, "rows": rows,
+        "recommendation": advice}, indent=2))
     return advice
 

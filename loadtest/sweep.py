@@ -7,9 +7,11 @@
 
 For each path (/predict, /predict_batched) and each N, locust runs headless for
 ``--duration`` seconds with ``--users`` users posting real test images of the
-served model's dataset. The report (tradeoff.csv, tradeoff.md, tradeoff.png)
-puts latency and throughput beside uq-evaluate's quality figures for the same
-N, and recommends the smallest N whose quality is within tolerance of the best
+served model's dataset. The report (tradeoff.csv, tradeoff.md, tradeoff.png, and
+tradeoff.json: the rows and the recommendation with the command, commit, date and
+machine that measured them) puts latency and throughput (200 answers per second; a
+refusal, 429, is a failure and counted apart) beside uq-evaluate's quality figures for
+the same N, and recommends the smallest N whose quality is within tolerance of the best
 and whose p95 fits ``--latency-budget-ms``. ``auto`` in ``--samples`` adds a row for
 ``n_samples: "auto"``, with the mean N its predictions used during the run (from the
 service's ``uq_n_samples`` histogram; every row has it). Only loopback hosts are
@@ -34,8 +36,10 @@ from typing import Any
 import numpy as np
 
 from commandline.arguments import OneLineErrorParser, fail, sample_counts
+from commandline.provenance import provenance
 from loadtest.report import write_report
 from loadtest.server import ServerError, check_loopback, served
+from loadtest.service_metrics import histogram_change, n_samples_histogram
 from training.data import load_dataset
 
 AUTO = "auto"
@@ -118,7 +122,8 @@ def fetch_card(host: str) -> dict[str, Any]:
 
 def run_locust(host: str, path: str, n_samples: int, users: int, duration: float,
                images: Path, work_dir: Path) -> dict[str, Any]:
-    """One headless locust run; the row of the tradeoff table. Statistics start
+    """One headless locust run; the row of the tradeoff table: ``rps`` counts the 200s
+    only, ``failures`` every other answer, ``refused`` the 429s among them. Statistics start
     once every user has spawned: the first requests of a run took up to 1.8 s
     on locust's side (the server answered them in 0.2 s), and made the p99 of
     rows with few requests."""
@@ -144,46 +149,22 @@ def run_locust(host: str, path: str, n_samples: int, users: int, duration: float
         "path": path, "n_samples": n_samples, "users": users,
         "requests": int(stats["Request Count"]),
         "p50_ms": float(stats["50%"]), "p95_ms": float(stats["95%"]),
-        "p99_ms": float(stats["99%"]), "rps": float(stats["Requests/s"]),
+        "p99_ms": float(stats["99%"]),
+        "rps": float(stats["Requests/s"]) - float(stats["Failures/s"]),
         "failures": int(stats["Failure Count"]),
+        "refused": refusals(Path(f"{prefix}_failures.csv"), path),
         **used,
     }
 
 
-def n_samples_histogram(host: str) -> dict[str, float]:
-    """The service's ``uq_n_samples`` histogram (samples per prediction): its count, sum
-    and cumulative buckets by upper bound, from /metrics; empty when it cannot be read."""
-    try:
-        with urllib.request.urlopen(f"{host.rstrip('/')}/metrics", timeout=30) as response:
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError):
-        return {}
-    values = {}
-    for line in text.splitlines():
-        if line.startswith(("uq_n_samples_count", "uq_n_samples_sum", "uq_n_samples_bucket")):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
-
-
-def histogram_change(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    """What the predictions of one run used: ``mean_n_samples`` and, per histogram bucket
-    that holds any (by its upper bound), the share of predictions in it: N above the
-    bucket below, up to this bound."""
-    count = after.get("uq_n_samples_count", 0.0) - before.get("uq_n_samples_count", 0.0)
-    if count <= 0:
-        return {}
-    total = after.get("uq_n_samples_sum", 0.0) - before.get("uq_n_samples_sum", 0.0)
-    cumulative = sorted(
-        (float(name.split('le="')[1].split('"')[0]), (value - before.get(name, 0.0)) / count)
-        for name, value in after.items()
-        if name.startswith("uq_n_samples_bucket") and 'le="+Inf"' not in name)
-    shares, below = {}, 0.0
-    for bound, share in cumulative:
-        if share - below > 0:
-            shares[f"{bound:g}"] = share - below
-        below = share
-    return {"mean_n_samples": total / count, "n_samples_shares": shares}
+def refusals(failures_path: Path, path: str) -> int:
+    """How many requests to ``path`` the service refused with 429, from locust's failures
+    CSV (the locustfile names the status in each failure)."""
+    if not failures_path.is_file():
+        return 0
+    with open(failures_path, newline="") as file:
+        return sum(int(row["Occurrences"]) for row in csv.DictReader(file)
+                   if row["Name"] == path and "HTTP 429" in row["Error"])
 
 
 def sweep(host: str, args: argparse.Namespace, paths: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -209,6 +190,8 @@ def sweep(host: str, args: argparse.Namespace, paths: tuple[str, ...]) -> list[d
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    # before the run: the tree it measures
+    origin = provenance(None if argv is None else ["uq-loadtest", *argv])
     try:
         paths = check_arguments(args)
         evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
@@ -221,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except (LoadTestError, ServerError, ValueError) as error:
         return fail("uq-loadtest", str(error))
 
-    write_report(rows, evaluation, args.latency_budget_ms, args.output_dir)
+    write_report(rows, evaluation, args.latency_budget_ms, args.output_dir, origin)
     print((args.output_dir / "tradeoff.md").read_text())
-    print(f"wrote {args.output_dir}/tradeoff.csv, tradeoff.md and tradeoff.png")
+    print(f"wrote {args.output_dir}/tradeoff.csv, tradeoff.md, tradeoff.png and tradeoff.json")
     return 0
 
 

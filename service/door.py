@@ -24,7 +24,7 @@ MIN_IN_FLIGHT = 32
 #: The share of UQ_BATCH_MAX_LATENCY_MS that requests in flight may wait on average; the
 #: rest is the margin for the slow ones (the bound is on the p99), low enough that the
 #: scheduler, whose refusals come after parsing and cost ten times more, does not refuse
-#: (benchmarks/overload.py, 3x overload, with the middleware outside BentoML's app: 0.35
+#: (python -m benchmarks.overload, 3x overload, with the middleware outside BentoML's app: 0.35
 #: gave 81% and 87% goodput at p99 125-149 ms, 0.5 83-89% in four runs at p99 133-144
 #: ms with every 429 at the door, 0.7 79% at p99 227 ms).
 SHARE = 0.5

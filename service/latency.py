@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 #: Rows of one slice of a work: a round with a slice of a big request takes about
-#: 12 ms on the 2-core machine (benchmarks/overload.py measures the effect).
+#: 12 ms on the 2-core machine (python -m benchmarks.overload measures the effect).
 SLICE_ROWS = 512
 
 
@@ -77,7 +77,7 @@ class Lateness:
     for reading, checking and answering requests, which no round measures): a running
     ``QUANTILE`` of (finished - predicted), added to every prediction, so that budgets
     are met about that often (with 32 clients and 50 ms budgets, 0.95 gave 88% of the
-    answers within the budget, 0.99 93%, 0.995 97%: benchmarks/overload.py). A
+    answers within the budget, 0.99 93%, 0.995 97%: python -m benchmarks.overload). A
     stochastic quantile estimate: each observation moves it up by ``QUANTILE * STEP``
     seconds if late, down by ``(1 - QUANTILE) * STEP`` otherwise."""
 

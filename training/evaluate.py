@@ -33,7 +33,8 @@ the adaptive procedure as the service runs it, the mean and distribution of the 
 used, its quality paired against every N, and its guarantees (training.evaluate_auto).
 
 Then the AUROC of every uncertainty score at telling test images from each shifted
-set at the default N. Writes evaluation.json and PNG plots. With ``--drift-replay``,
+set at the default N. Writes evaluation.json (headed by the command, commit, date and
+machine that measured it) and PNG plots. With ``--drift-replay``,
 the test split and then a shifted set stream through the service's drift detector
 (training.drift_replay): drift_replay.png and "drift_replay" in evaluation.json.
 """
@@ -54,6 +55,7 @@ import numpy as np
 from artifacts.generation import generated_images
 from artifacts.store import load_classifier, load_generator
 from commandline.arguments import OneLineErrorParser, fail, sample_counts
+from commandline.provenance import provenance
 from training import evaluate_auto, plots
 from training.data import DatasetError, load_dataset
 from training.drift_replay import replay
@@ -398,6 +400,8 @@ def _broken(holds: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    # before the run: the tree it measures
+    origin = provenance(None if argv is None else ["uq-evaluate", *argv])
     if min(args.reference_samples, args.reference_rows, args.generated_images) < 1:
         return fail("uq-evaluate", "--reference-samples, --reference-rows and --generated-images "
                     "must be >= 1")
@@ -440,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             return fail("uq-evaluate", str(error))
     del report["_plots"]
+    report = {**origin, **report}
     (args.output_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     print(summary_table(report))
     if "drift_replay" in report:

@@ -7,9 +7,12 @@ from loadtest.guarantees import main
 
 def test_every_calibrated_n_and_the_off_grid_ones_are_judged(server, tmp_path, capsys):
     output = tmp_path / "guarantees.json"
-    assert main(["--host", server, "--off-grid", "3,150", "--shifted-rows", "40",
-                 "--batch", "16", "--output", str(output)]) == 0
+    argv = ["--host", server, "--off-grid", "3,150", "--shifted-rows", "40", "--batch", "16",
+            "--output", str(output)]
+    assert main(argv) == 0
     report = json.loads(output.read_text())
+    assert report["command"] == " ".join(["python -m loadtest.guarantees", *argv])
+    assert {"commit", "date", "machine"} <= report.keys()
     rows = {row["n_samples"]: row for row in report["rows"]}
     assert sorted(rows) == [1, 3, 5, 8, 10, 20, 30, 50, 100, 150]
     assert rows[3]["calibrated_n_samples"] == 1 and not rows[3]["calibrated"]

@@ -22,23 +22,29 @@ def evaluation(rows):
 def test_smoke_sweep_against_the_real_server(server, tmp_path, capsys):
     evaluation_path = tmp_path / "evaluation.json"
     evaluation_path.write_text(json.dumps(evaluation([(1, 0.90, 0.40), (2, 0.93, 0.30)])))
-    code = main(["--host", server, "--samples", "1,2", "--duration", "2", "--users", "2",
-                 "--evaluation", str(evaluation_path), "--latency-budget-ms", "10000",
-                 "--output-dir", str(tmp_path)])
-    assert code == 0
+    argv = ["--host", server, "--samples", "1,2", "--duration", "2", "--users", "2",
+            "--evaluation", str(evaluation_path), "--latency-budget-ms", "10000",
+            "--output-dir", str(tmp_path)]
+    assert main(argv) == 0
     with open(tmp_path / "tradeoff.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert [(r["path"], r["n_samples"]) for r in rows] == [
         ("/predict", "1"), ("/predict", "2"), ("/predict_batched", "1"),
         ("/predict_batched", "2")]
     for row in rows:
-        assert {"p50_ms", "p95_ms", "p99_ms", "rps", "failures", "accuracy", "nll"} <= row.keys()
-        assert int(row["requests"]) > 0 and int(row["failures"]) == 0
+        assert {"p50_ms", "p95_ms", "p99_ms", "rps", "failures", "refused", "accuracy",
+                "nll"} <= row.keys()
+        assert int(row["requests"]) > 0 and int(row["failures"]) == int(row["refused"]) == 0
         assert float(row["rps"]) > 0 and float(row["p99_ms"]) >= float(row["p50_ms"])
     markdown = (tmp_path / "tradeoff.md").read_text()
     assert "| /predict_batched | 2 |" in markdown
     assert "- `/predict`: N=2" in markdown  # N=1 is 3% less accurate than N=2
     assert (tmp_path / "tradeoff.png").stat().st_size > 0
+    results = json.loads((tmp_path / "tradeoff.json").read_text())
+    assert results["command"] == " ".join(["uq-loadtest", *argv])
+    assert {"commit", "date", "machine"} <= results.keys()
+    assert [row["rps"] for row in results["rows"]] == [float(row["rps"]) for row in rows]
+    assert results["recommendation"]["/predict"]["n_samples"] == 2
     assert "tradeoff.csv" in capsys.readouterr().out
 
 

@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from commandline.provenance import provenance
 from loadtest.report import QUALITY_COLUMNS, write_report
-from loadtest.sweep import counts_or_auto, histogram_change, main
+from loadtest.service_metrics import histogram_change
+from loadtest.sweep import counts_or_auto, main
 
 
 def test_samples_take_auto_after_the_counts():
@@ -33,9 +35,11 @@ def test_mean_n_comes_from_the_histogram_change():
 
 def test_the_report_sets_auto_beside_the_fixed_n(tmp_path):
     rows = [{"path": "/predict", "n_samples": n, "users": 4, "requests": 100, "p50_ms": 10.0,
-             "p95_ms": p95, "p99_ms": p95, "rps": rps, "failures": 0, "mean_n_samples": mean}
-            for n, p95, rps, mean in ((10, 20.0, 50.0, 10.0), (50, 60.0, 12.0, 50.0),
-                                      ("auto", 25.0, 40.0, 11.5))]
+             "p95_ms": p95, "p99_ms": p95, "rps": rps, "failures": refused,
+             "refused": refused, "mean_n_samples": mean}
+            for n, p95, rps, refused, mean in ((10, 20.0, 50.0, 0, 10.0),
+                                               (50, 60.0, 12.0, 117, 50.0),
+                                               ("auto", 25.0, 40.0, 0, 11.5))]
     evaluation = {"by_n_samples": [
         {"n_samples": n, "accuracy": accuracy, "nll": nll, "ece": 0.01, "brier": 0.1,
          "estimator_error": 0.01, "flagged_fraction": 0.2, "selective_error": 0.01}
@@ -43,15 +47,20 @@ def test_the_report_sets_auto_beside_the_fixed_n(tmp_path):
         "auto": {"n_samples": "auto", "accuracy": 0.904, "nll": 0.273, "ece": 0.008,
                  "brier": 0.1, "estimator_error": 0.01, "flagged_fraction": 0.2,
                  "selective_error": 0.018, "mean_n_samples": 11.7}}
-    advice = write_report(rows, evaluation, 100.0, tmp_path)
+    advice = write_report(rows, evaluation, 100.0, tmp_path, provenance(["uq-loadtest"]))
     assert advice["/predict"]["n_samples"] == 50  # auto is not among the fixed N
     assert rows[2]["accuracy"] == 0.904  # the evaluation's auto row
     markdown = (tmp_path / "tradeoff.md").read_text()
     assert "| /predict | auto | 11.50 |" in markdown
-    assert "- `/predict` auto: mean N 11.50, 40.0 req/s (0.80x N=10, 3.33x N=50)" in markdown
+    assert ("- `/predict` auto: mean N 11.50, 40.0 200s/s, 0 refused (0.80x N=10, which had 0 "
+            "refused, 3.33x N=50, which had 117 refused)") in markdown
+    assert "| /predict | 50 | 50.00 | 4 | 10 | 60 | 60 | 12.0 | 117 | 117 |" in markdown
     with open(tmp_path / "tradeoff.csv", newline="") as file:
         assert [row["n_samples"] for row in csv.DictReader(file)] == ["10", "50", "auto"]
     assert (tmp_path / "tradeoff.png").stat().st_size > 0
+    results = json.loads((tmp_path / "tradeoff.json").read_text())
+    assert results["command"] == "uq-loadtest"
+    assert [row["refused"] for row in results["rows"]] == [0, 117, 0]
 
 
 def test_a_sweep_with_auto_against_the_real_server(server, tmp_path):

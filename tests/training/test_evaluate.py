@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -26,10 +27,13 @@ OFF_GRID = [3, 15, 40, 75, 200]  # uq-evaluate's default
 
 
 def test_uq_evaluate_end_to_end(classifier_tag, tmp_path, capsys):
-    code = main(["--model", classifier_tag, "--samples", "1,4,2", "--output-dir", str(tmp_path),
-                 "--reference-samples", "50", "--reference-rows", "100", "--drift-replay"])
-    assert code == 0
+    argv = ["--model", classifier_tag, "--samples", "1,4,2", "--output-dir", str(tmp_path),
+            "--reference-samples", "50", "--reference-rows", "100", "--drift-replay"]
+    assert main(argv) == 0
     report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["command"] == " ".join(["uq-evaluate", *argv])
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", report["commit"])
+    assert report["date"].startswith("20") and "cores" in report["machine"]
     assert report["model"] == classifier_tag and report["model_dataset"] == "digits"
     rows = report["by_n_samples"]
     assert [row["n_samples"] for row in rows] == [1, 2, 4, 8]  # and the default N

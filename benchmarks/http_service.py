@@ -10,17 +10,17 @@ The targets are judged on the medians over the rounds (the speedup: the median
 of the rounds' ratios), and every round is printed: this shared machine's speed
 drifts by 10-20% within minutes, and interleaving puts the drift on both sides.
 
-    python benchmarks/service.py --model uq-classifier:latest --n-samples 30 \\
+    python -m benchmarks.http_service --model uq-classifier:latest --n-samples 30 \\
         --concurrency 32 --duration 10 --rounds 5 --output benchmarks/results/service.json
 
-Clients are asyncio coroutines on keep-alive connections speaking raw HTTP/1.1,
-on the same 2-core machine as the server: the numbers include the client's own
-(small) CPU use.
+Throughput counts 200 answers only: a refusal (429) is a failure, and every load's row
+records its refusals beside its rate. Clients are benchmarks.load_client's coroutines,
+on the same 2-core machine as the server: the numbers include the client's own (small)
+CPU use.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import statistics
@@ -30,25 +30,20 @@ from pathlib import Path
 
 import numpy as np
 
+from artifacts.store import load_classifier, read_card
+from benchmarks.load_client import concurrent, median_row, sequential
 from commandline.arguments import OneLineErrorParser, fail
-
-# Run as a script, this file's directory heads sys.path, and this file's name would
-# hide the service package (loadtest.contract reads the response schema from it).
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
-
-
-def percentiles(latencies_ms: list[float]) -> dict[str, float]:
-    values = np.asarray(latencies_ms)
-    return {f"p{q}_ms": float(np.percentile(values, q)) for q in (50, 95, 99)}
+from commandline.provenance import provenance
+from loadtest.contract import request_bodies
+from loadtest.server import served
+from training.data import load_dataset
 
 
 class InProcessEngine:
     """The served model's engine in this process: the floor for /predict."""
 
     def __init__(self, tag: str) -> None:
-        from artifacts.store import load_classifier
-        from uncertainty.engine import MCEngine, configure_tensorflow_threads
+        from uncertainty.mc import MCEngine, configure_tensorflow_threads  # imports TensorFlow
 
         configure_tensorflow_threads()
         model, _, _ = load_classifier(tag)
@@ -67,34 +62,6 @@ class InProcessEngine:
         return statistics.median(times) * 1e3
 
 
-def _request_bytes(path: str, body: bytes) -> bytes:
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
-
-
-async def _client(port: int, requests: list[bytes], first: int, step: int, stop: float,
-                  latencies: list[float], failures: list[int], count: int | None = None) -> None:
-    """One keep-alive connection sending ``requests[first::step]`` (cycling) until
-    ``stop`` (monotonic seconds) or ``count`` requests; raw HTTP/1.1, so that the
-    client spends as little CPU as it can on this machine the server shares."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    index, sent = first, 0
-    while time.monotonic() < stop and (count is None or sent < count):
-        started = time.perf_counter()
-        writer.write(requests[index % len(requests)])
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))
-        await reader.readexactly(length)
-        if head[9:12] == b"200":
-            latencies.append((time.perf_counter() - started) * 1e3)
-        else:
-            failures.append(int(head[9:12]))
-        index, sent = index + step, sent + 1
-    writer.close()
-
-
 def v2_request_bodies(images: np.ndarray, n_samples: int) -> list[bytes]:
     """One V2 inference request per image (flat FP32 data, every output as JSON)."""
     return [json.dumps({
@@ -104,50 +71,9 @@ def v2_request_bodies(images: np.ndarray, n_samples: int) -> list[bytes]:
     }).encode() for image in images]
 
 
-def sequential(port: int, path: str, bodies: list[bytes], requests: int) -> dict:
-    payloads = [_request_bytes(path, body) for body in bodies]
-    latencies: list[float] = []
-    failures: list[int] = []
-    asyncio.run(_client(port, payloads, 0, 1, float("inf"), [], [], count=20))  # warm
-    asyncio.run(_client(port, payloads, 0, 1, float("inf"), latencies, failures, count=requests))
-    return {"path": path, "clients": 1, "requests": requests, "failures": len(failures),
-            **percentiles(latencies)}
-
-
-def concurrent(port: int, path: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
-    payloads = [_request_bytes(path, body) for body in bodies]
-    latencies: list[float] = []
-    failures: list[int] = []
-
-    async def run() -> float:
-        started = time.monotonic()
-        stop = started + seconds
-        await asyncio.gather(*(
-            _client(port, payloads, i, clients, stop, latencies, failures)
-            for i in range(clients)
-        ))
-        return time.monotonic() - started
-
-    elapsed = asyncio.run(run())
-    return {
-        "path": path, "clients": clients, "requests": len(latencies) + len(failures),
-        "failures": len(failures), "rps": len(latencies) / elapsed, **percentiles(latencies),
-    }
-
-
-def _median_row(rows: list[dict]) -> dict:
-    """One row of medians, field by field, over the rounds' rows of one path."""
-    merged = dict(rows[0])
-    for key, value in rows[0].items():
-        if isinstance(value, float):
-            merged[key] = statistics.median(row[key] for row in rows)
-        elif key in ("requests", "failures"):
-            merged[key] = sum(row[key] for row in rows)
-    return merged
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m benchmarks.http_service",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="uq-classifier:latest", help="classifier tag")
     parser.add_argument("--n-samples", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -156,16 +82,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds of every measurement; the targets use their medians")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/service.json"))
     args = parser.parse_args(argv)
+    origin = provenance()  # before the run: the tree it measures
     if args.rounds < 1 or args.duration <= 0 or args.concurrency < 1:
         parser.error("--rounds and --concurrency must be at least 1, --duration positive")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     import bentoml
-
-    from artifacts.store import read_card
-    from loadtest.contract import request_bodies
-    from loadtest.server import served
-    from training.data import load_dataset
 
     try:
         card = read_card(bentoml.models.get(args.model))
@@ -200,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{single['p50_ms']:.2f} ms, V2 infer p50 {single_v2['p50_ms']:.2f} ms; "
                   f"{args.concurrency} clients: /predict "
                   f"{loads[0]['rps']:.0f} req/s, /predict_batched {loads[1]['rps']:.0f} req/s "
-                  f"(p99 {loads[1]['p99_ms']:.1f} ms, {rounds[-1]['speedup']:.2f}x), failures "
+                  f"(p99 {loads[1]['p99_ms']:.1f} ms, {rounds[-1]['speedup']:.2f}x); refused "
+                  f"(429) {loads[0]['refused']} and {loads[1]['refused']}, failures in all "
                   f"{sum(load['failures'] for load in loads)}", flush=True)
 
     engine_ms = statistics.median(r["engine_ms"] for r in rounds)
-    single = _median_row([r["sequential"] for r in rounds])
-    single_v2 = _median_row([r["sequential_v2"] for r in rounds])
-    loads = [_median_row([r["concurrent"][i] for r in rounds]) for i in range(len(paths))]
+    single = median_row([r["sequential"] for r in rounds])
+    single_v2 = median_row([r["sequential_v2"] for r in rounds])
+    loads = [median_row([r["concurrent"][i] for r in rounds]) for i in range(len(paths))]
     speedup = statistics.median(r["speedup"] for r in rounds)
     batched_load = loads[1]
     targets = [
@@ -219,17 +142,17 @@ def main(argv: list[str] | None = None) -> int:
          batched_load["p99_ms"] <= 150),
     ]
     print(f"\nmedians over {args.rounds} rounds; engine in-process {engine_ms:.2f} ms")
-    print("\n| path | clients | req/s | p50 ms | p95 ms | p99 ms | failures |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| path | clients | 200s/s | p50 ms | p95 ms | p99 ms | refused | failures |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in (single, single_v2, *loads):
         print(f"| {row['path']} | {row['clients']} | {row.get('rps', float('nan')):.0f} "
               f"| {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | {row['p99_ms']:.2f} "
-              f"| {row.get('failures', 0)} |")
+              f"| {row['refused']} | {row['failures']} |")
     print()
     for name, met in targets:
         print(f"{'PASS' if met else 'FAIL'}  {name}")
     args.output.write_text(json.dumps({
-        "model": args.model, "n_samples": args.n_samples, "rounds": rounds,
+        **origin, "model": args.model, "n_samples": args.n_samples, "rounds": rounds,
         "median": {"engine_ms": engine_ms, "sequential": single,
                    "sequential_v2": single_v2, "concurrent": loads, "speedup": speedup},
         "targets": [{"target": name, "met": met} for name, met in targets],
