@@ -29,6 +29,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from loadtest.server import ServerError, served
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 DOCS = REPOSITORY / "docs"
 OPENAPI = DOCS / "api" / "openapi.json"
@@ -266,8 +268,6 @@ OPENAPI_DESCRIPTION = ("The service's own `GET /docs.json`, as served for the de
 def write_openapi(model: str) -> None:
     """Serve ``model`` on loopback and write the /docs.json it serves to OPENAPI, with
     OPENAPI_DESCRIPTION in place of BentoML's introduction."""
-    from loadtest.server import ServerError, served
-
     with tempfile.TemporaryDirectory(prefix="uq-docs-") as log_dir:
         try:
             with served(model, Path(log_dir)) as url, \
