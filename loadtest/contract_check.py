@@ -189,7 +189,8 @@ def check_samples_and_seed(contract: Contract, x: list) -> None:
 def check_batched(contract: Contract, card: dict) -> None:
     x = instances(card, 4).tolist()
     items = [{"instance": x[0], "n_samples": 1}, {"instance": x[1], "n_samples": "auto"},
-             {"instance": x[2]}, {"instance": x[3], "latency_budget_ms": 60000, "min_samples": 2}]
+             {"instance": x[2], "n_samples": 3, "return_samples": True},
+             {"instance": x[3], "latency_budget_ms": 60000, "min_samples": 2}]
     response = contract.call("POST", "/predict_batched", json={"items": items})
     if response is None:
         return
@@ -198,7 +199,10 @@ def check_batched(contract: Contract, card: dict) -> None:
         used = [prediction["n_samples"] for prediction in body]
         contract.expect(len(used) == len(items) and used[0] == 1 and used[3] >= 2,
                         f"POST /predict_batched: n_samples {used} for items asking 1, "
-                        '"auto", the default and a budget with at least 2')
+                        '"auto", 3 and a budget with at least 2')
+        contract.expect(len(body) == len(items) and len(body[2].get("samples") or []) == 3,
+                        "POST /predict_batched: the item with return_samples lacks its 3 "
+                        "samples")
 
 
 def check_image(contract: Contract, card: dict) -> None:

@@ -39,6 +39,9 @@ from service.settings import settings
 Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 #: The most samples a response may carry with ``return_samples``.
 MAX_RETURNED_SAMPLES = 200
+#: The request field ``return_samples``, on /predict and on each /predict_batched item.
+RETURN_SAMPLES = Field(False, description="include every sample's probabilities (at most "
+                       f"{MAX_RETURNED_SAMPLES} samples)")
 NSamples = Annotated[StrictInt, Field(ge=1, le=settings.max_samples)]
 #: n_samples "auto": the adaptive sample count (uncertainty.sequential)
 AUTO = "auto"
@@ -221,10 +224,7 @@ def request_schemas(spec: InputSpec) -> RequestSchemas:
         risk_threshold: float | None = Field(
             None, ge=0, allow_inf_nan=False, description="override the card's risk threshold"
         )
-        return_samples: StrictBool = Field(
-            False, description=f"include every sample's probabilities (at most "
-            f"{MAX_RETURNED_SAMPLES} samples)"
-        )
+        return_samples: StrictBool = RETURN_SAMPLES
 
     class BatchItem(SampleChoice):
         """One item of ``POST /predict_batched``."""
@@ -234,6 +234,7 @@ def request_schemas(spec: InputSpec) -> RequestSchemas:
         instance: Annotated[list[Any], _ReadAsNumbers(2, 1, 3),
                             Field(json_schema_extra=state_instance),
                             AfterValidator(checked_instance)]
+        return_samples: StrictBool = RETURN_SAMPLES
 
     return RequestSchemas(PredictRequest, BatchItem)
 

@@ -262,7 +262,8 @@ class UQService:
         works = []
         for index, item in enumerate(items):
             try:
-                works.append(self.work(item.instance[None], item))
+                works.append(self.work(item.instance[None], item,
+                                       return_samples=item.return_samples))
             except adapter.BadRequest as error:
                 raise adapter.BadRequest(f"items.{index}.{error.message}") from None
         results = await self.scheduled("predict_batched", works)

@@ -244,6 +244,24 @@ def test_return_samples_is_bounded(client, monkeypatch):
                  "return_samples")
 
 
+def test_a_batched_item_returns_its_own_samples(client, monkeypatch):
+    items = [{"instance": DIGIT, "n_samples": 7, "return_samples": True},
+             {"instance": DIGIT, "n_samples": 3}]
+    with_samples, without = post(client, "/predict_batched", {"items": items}).json()
+    assert np.shape(with_samples["samples"]) == (7, 10)
+    assert np.allclose(np.mean(with_samples["samples"], axis=0), with_samples["probabilities"],
+                       atol=1e-5)
+    assert without.get("samples") is None
+
+    import service.service  # reads the served card: once the model is stored
+
+    monkeypatch.setattr(service.service, "MAX_RETURNED_SAMPLES", 5)
+    response = post(client, "/predict_batched", {"items": [
+        {"instance": DIGIT, "n_samples": 3}, {"instance": DIGIT, "n_samples": 6,
+                                              "return_samples": True}]})
+    assert_error(response, 400, "items.1.return_samples", "at most 5 samples")
+
+
 def test_a_budget_picks_the_largest_calibrated_n_that_fits_and_reports_it(client):
     card_ns = current_service().predictor.card.calibrated_n_samples
     largest = max(n for n in card_ns if n <= 200)  # UQ_MAX_SAMPLES in the tests
