@@ -172,12 +172,14 @@ def test_the_overload_phases_count_each_status_apart():
     assert table.splitlines()[2] == "| overload | 466.5 | 108.6 | 143.7 | 28,043 | 72,793 | 0 |"
 
 
-def test_the_service_table_shows_each_rate_beside_its_refusals():
+def test_the_service_table_shows_each_rate_with_its_spread_beside_its_refusals():
     load = {"path": "/predict", "clients": 32, "rps": 649.2, "refused": 12, "p50_ms": 44.1,
             "p95_ms": 60.2, "p99_ms": 72.3}
     median = {"engine_ms": 2.08, "concurrent": [load], "sequential": {
         "path": "/predict", "refused": 0, "p50_ms": 4.64, "p95_ms": 5.9, "p99_ms": 6.8}}
-    assert render.TABLES["http-service"]({"median": median}).splitlines()[2:] == [
+    rounds = [{"concurrent": [{**load, "rps": rate}]} for rate in (610.4, 649.2, 702.9)]
+    table = render.TABLES["http-service"]({"median": median, "rounds": rounds})
+    assert table.splitlines()[2:] == [
         "| engine in-process, one image |  |  | 2.08 |  |  |",
         "| `/predict`, one client |  | 0 | 4.64 | 5.90 | 6.80 |",
-        "| `/predict`, 32 clients | 649 | 12 | 44.1 | 60.2 | 72.3 |"]
+        "| `/predict`, 32 clients | 649 (610 to 703) | 12 | 44.1 | 60.2 | 72.3 |"]
