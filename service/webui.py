@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 UI_DIRECTORY = Path(__file__).with_name("ui")
-#: What the page is made of; anything else in the folder (make_examples.py) is not served.
+#: What the page is made of; anything else in the folder is not served.
 SERVED_SUFFIXES = frozenset({".html", ".js", ".css", ".png", ".json", ".svg"})
 HEADERS = {
     # the browser revalidates (ETag) rather than keep a stale page after an upgrade

@@ -141,7 +141,7 @@ def test_the_page_and_its_files_are_served(http):
         assert media_type in response.headers["content-type"]
     assert http.get("/ui/").headers["location"] == "../ui"
     # the folder's other files and unknown paths are not served; errors keep the API's shape
-    for missing in ("/ui/make_examples.py", "/ui/nothing.js"):
+    for missing in ("/ui/webui.py", "/ui/nothing.js"):
         response = http.get(missing)
         assert response.status_code == 404
         assert "error" in response.json()

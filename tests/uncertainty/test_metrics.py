@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from uncertainty import metrics
 
@@ -72,6 +73,15 @@ def test_selective_error_at_threshold():
     assert result.coverage == 0.75
     assert result.error == pytest.approx(1 / 3)
     assert metrics.selective_error(scores, errors, threshold=0.0).coverage == 0.0
+
+
+def test_ood_auroc_counts_ties_half_as_roc_auc_score_does():
+    rng = np.random.default_rng(0)
+    inside, outside = rng.integers(0, 5, 300) / 4, rng.integers(2, 7, 200) / 4  # many ties
+    labels = np.r_[np.zeros(300), np.ones(200)]
+    expected = roc_auc_score(labels, np.r_[inside, outside])
+    assert metrics.ood_auroc(inside, outside) == pytest.approx(expected, abs=1e-12)
+    assert metrics.ood_auroc([0.5, 0.5], [0.5]) == 0.5
 
 
 def test_ood_auroc_orders():

@@ -1,13 +1,13 @@
 """Write the web page's bundled example images and their list (``examples/examples.json``).
 
-    .venv/bin/python service/ui/make_examples.py
+    .venv/bin/python -m training.ui_examples
 
 Test-split images, one per chosen class, as grayscale PNGs at the dataset's own
 size (0..255; the service maps them onto the model's value range):
 scikit-learn's 8x8 ``digits`` (the split ``uq-train --dataset digits`` uses) and,
 when Debian's ``dataset-fashion-mnist`` is installed, 28x28 Fashion-MNIST. The page
 offers the examples whose size is the served model's input first, the others as
-images the service resizes. Needs the ``train`` extra (scikit-learn); not served.
+images the service resizes. Needs the ``train`` extra (scikit-learn): not served.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-EXAMPLES_DIRECTORY = Path(__file__).with_name("examples")
+EXAMPLES_DIRECTORY = Path(__file__).resolve().parents[1] / "service" / "ui" / "examples"
 FASHION_MNIST_DIRECTORY = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
