@@ -20,7 +20,7 @@ class ModelConfig:
     architecture: str = "mlp"
     hidden_units: tuple[int, ...] = (1024, 1024)
     activation: str = "elu"  # selu switches to LeCun initialisation and AlphaDropout
-    input_dropout: float = 0.1
+    input_dropout: float = 0.1  # on the dense layers' input: pixels (mlp), conv features (cnn)
     hidden_dropout: float = 0.4
     max_norm_value: float = 3.0
     batch_norm: bool = False
@@ -50,6 +50,8 @@ class ModelConfig:
 
 
 OPTIMIZERS = ("nadam", "adam", "sgd")
+PRESET_NAMES = ("cnn", "mlp")
+DEFAULT_PRESET = "cnn"
 SCHEDULES = ("onecycle", "exponential", "piecewise", "plateau")
 
 
@@ -72,6 +74,8 @@ class TrainConfig:
     conformal_alpha: float = 0.1
     novelty_false_alarm_rate: float = DEFAULT_NOVELTY_FALSE_ALARM_RATE
     output_dir: Path = Path("reports/train")
+    augment: bool = False  # random shifts of training images (training/augment.py)
+    preset: str = "mlp"  # the name of the preset the other values started from
     model: ModelConfig = ModelConfig()
 
     def __post_init__(self) -> None:
@@ -97,6 +101,8 @@ class TrainConfig:
              f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.schedule in SCHEDULES,
              f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (self.preset in PRESET_NAMES,
+             f"preset must be one of {', '.join(PRESET_NAMES)}, got {self.preset!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -107,6 +113,20 @@ class TrainConfig:
     def calibration_grid(self) -> tuple[int, ...]:
         """The calibrated N: ``calibration_samples`` and the default N."""
         return calibration_grid(self.calibration_samples, self.n_samples)
+
+
+#: uq-train's starting points, as option values over the defaults above. ``mlp``: the
+#: classic dropout + max-norm MLP on pixels, every layer sampled. ``cnn`` (the default):
+#: three conv blocks computed once per input, then a dense head whose dropout the engine
+#: samples, trained on shifted images (docs/training.md compares the two).
+PRESETS: dict[str, dict[str, object]] = {
+    "mlp": {},
+    "cnn": {
+        "epochs": 15, "augment": True, "architecture": "cnn", "conv_filters": (32, 64, 128),
+        "conv_dropout": 0.0, "hidden_units": (256,), "input_dropout": 0.0,
+        "hidden_dropout": 0.5,
+    },
+}
 
 
 def check_model_name(name: str) -> None:

@@ -7,8 +7,6 @@ feature, so the served model takes raw pixels. Both presets end in softmax.
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import numpy as np
 
@@ -121,4 +119,4 @@ def _cnn_layers(config: ModelConfig, input_shape: tuple[int, ...]) -> list[keras
                 keras.layers.SpatialDropout2D(config.conv_dropout, name=f"spatial_dropout_{index}")
             )
     layers.append(keras.layers.Flatten(name="flatten"))
-    return layers + _mlp_layers(dataclasses.replace(config, input_dropout=0.0))
+    return layers + _mlp_layers(config)

@@ -36,7 +36,10 @@ from training import plots
 from training.config import (
     ACTIVATIONS,
     ARCHITECTURES,
+    DEFAULT_PRESET,
     OPTIMIZERS,
+    PRESET_NAMES,
+    PRESETS,
     SCHEDULES,
     ModelConfig,
     TrainConfig,
@@ -58,11 +61,16 @@ class TrainResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """uq-train's options; the defaults shown are the default preset's."""
     defaults, model_defaults = TrainConfig(), ModelConfig()
     parser = OneLineErrorParser(
         prog="uq-train", description="Train, calibrate and store the MC dropout classifier."
     )
     add = parser.add_argument
+    add("--preset", choices=PRESET_NAMES, default=None,
+        help=f"the starting point of every other option: cnn, a conv net with a sampled "
+        f"dense head trained on shifted images, or mlp, the classic MLP on "
+        f"pixels (default: {DEFAULT_PRESET}; the defaults shown below are its values)")
     add("--config", type=Path, help="TOML file of option values (flag names, - or _); "
         "flags given on the command line win")
     add("--dataset", default=defaults.dataset,
@@ -97,10 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="prediction sets miss the true class at most this often (default: %(default)s)")
     add("--output-dir", type=Path, default=defaults.output_dir,
         help="reports and the resumable backup (default: %(default)s)")
+    add("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment,
+        help="train on images shifted at random by up to 2 pixels in 28 (default: "
+        "%(default)s)")
     add("--architecture", default=model_defaults.architecture, choices=ARCHITECTURES,
         help="(default: %(default)s)")
     add("--hidden-units", type=integers, default=model_defaults.hidden_units,
-        help="comma-separated Dense sizes (default: 1024,1024)")
+        help="comma-separated Dense sizes (default: 256; mlp: 1024,1024)")
     add("--activation", default=model_defaults.activation, choices=ACTIVATIONS,
         help="selu uses LeCun initialisation and AlphaDropout (default: %(default)s)")
     add("--input-dropout", type=float, default=model_defaults.input_dropout,
@@ -112,19 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-norm", action=argparse.BooleanOptionalAction,
         default=model_defaults.batch_norm, help="(default: off)")
     add("--conv-filters", type=integers, default=model_defaults.conv_filters,
-        help="cnn: filters per conv block (default: 32,64)")
+        help="cnn: filters per conv block (default: 32,64,128)")
     add("--conv-dropout", type=float, default=model_defaults.conv_dropout,
         help="cnn: SpatialDropout2D rate (default: %(default)s)")
+    parser.set_defaults(**PRESETS[DEFAULT_PRESET])
     return parser
 
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
-    """Flags over TOML over defaults. Raises ValueError with a one-line message."""
+    """Flags over TOML over the preset over defaults. Raises ValueError with a one-line
+    message."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.config is not None:
-        parser.set_defaults(**_read_toml(args.config, parser))
-        args = parser.parse_args(argv)
+    from_file = {} if args.config is None else _read_toml(args.config, parser)
+    preset = args.preset or from_file.pop("preset", DEFAULT_PRESET)
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESET_NAMES)}, got {preset!r}")
+    parser.set_defaults(**{**_option_values(TrainConfig()), **PRESETS[preset], **from_file})
+    args = parser.parse_args(argv)
     model = ModelConfig(
         architecture=args.architecture,
         hidden_units=tuple(args.hidden_units),
@@ -145,8 +161,18 @@ def parse_config(argv: list[str] | None) -> TrainConfig:
         n_samples=args.n_samples, calibration_samples=args.calibration_samples,
         risk_target_error=args.risk_target_error, conformal_alpha=args.conformal_alpha,
         novelty_false_alarm_rate=args.novelty_false_alarm_rate, output_dir=args.output_dir,
-        model=model,
+        augment=args.augment, preset=preset, model=model,
     )
+
+
+def _option_values(config: TrainConfig) -> dict[str, Any]:
+    """uq-train's option values (by dest) that ``config`` holds."""
+    values = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
+    model = dataclasses.asdict(config.model)
+    model["max_norm"] = model.pop("max_norm_value")
+    values.pop("model")
+    values.pop("preset")
+    return {**values, **model}
 
 
 def _read_toml(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -175,6 +201,7 @@ def train(config: TrainConfig, dataset: Dataset, callbacks: tuple = ()) -> Train
     import keras
 
     # import TensorFlow: uq-train's arguments are checked first
+    from training.augment import augmented_batches
     from training.models import build_model
     from training.schedules import learning_rate_and_callbacks, make_optimizer
 
@@ -191,10 +218,18 @@ def train(config: TrainConfig, dataset: Dataset, callbacks: tuple = ()) -> Train
     )
     one_hot = np.eye(dataset.num_classes, dtype=np.float32)
     started = time.perf_counter()
+    if config.augment:
+        training_data = {"x": augmented_batches(dataset.x_train, one_hot[dataset.y_train],
+                                                config.batch_size, dataset.value_range[0],
+                                                config.seed),
+                         "shuffle": False}  # the dataset shuffles itself
+    else:
+        training_data = {"x": dataset.x_train, "y": one_hot[dataset.y_train],
+                         "batch_size": config.batch_size}
     model.fit(
-        dataset.x_train, one_hot[dataset.y_train],
+        **training_data,
         validation_data=(dataset.x_val, one_hot[dataset.y_val]),
-        epochs=config.epochs, batch_size=config.batch_size,
+        epochs=config.epochs,
         verbose=1 if sys.stdout.isatty() else 2,
         callbacks=[
             keras.callbacks.BackupAndRestore(str(config.output_dir / "backup")),
@@ -314,11 +349,15 @@ def main(argv: list[str] | None = None) -> int:
         config = parse_config(argv)
         dataset = load_dataset(config.dataset, config.validation_fraction, config.seed)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        if config.model.architecture == "cnn" and len(dataset.input_shape) not in (2, 3):
-            raise ValueError(
-                f"the cnn architecture needs images, {config.dataset} rows have shape "
-                f"{dataset.input_shape}"
-            )
+        if len(dataset.input_shape) not in (2, 3):
+            if config.model.architecture == "cnn":
+                raise ValueError(
+                    f"the cnn architecture needs images, {config.dataset} rows have shape "
+                    f"{dataset.input_shape}: use --preset mlp"
+                )
+            if config.augment:
+                raise ValueError(f"--augment needs images, {config.dataset} rows have shape "
+                                 f"{dataset.input_shape}")
         print(f"{dataset.name}: {len(dataset.x_train)} train, {len(dataset.x_val)} validation, "
               f"{len(dataset.x_test)} test rows of shape {dataset.input_shape}", flush=True)
         result = train(config, dataset)
