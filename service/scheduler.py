@@ -44,9 +44,11 @@ the round in flight, then the rounds it needs, each holding a slice of every que
 work, priced by :class:`CostModel`, plus how late works have finished against the model
 (:class:`Lateness`, a high quantile). Without N, it takes the largest of
 its candidate N predicted to finish by its deadline without making a queued budgeted
-work late, down to ``min_samples``; else it is refused. A budget is answered in time or
-with 429, never late: a queued budgeted work that would miss its deadline even if drawn
-at once is refused before its round, and one whose predictions come after its deadline
+work late, down to ``min_samples``; else it is refused, unless the engine is idle: then
+it is tried at ``min_samples``, so that a cost model that prices rounds too high learns
+again (refusing everything, it would never see a round). A budget is answered in time or
+with 429, never late: a queued budgeted work whose deadline passed is refused before
+its round, and one whose predictions come after its deadline
 is refused then. Overload of the event loop itself is the door's to refuse
 (service/door.py).
 """
@@ -285,6 +287,9 @@ class Scheduler:
                     n_samples == candidates[-1] or self._growth(work) <= slack):
                 work.budget_limited = n_samples != candidates[0]
                 return
+        if not self._works and self._round is None:  # idle: try the prediction; an answer
+            work.budget_limited = choosing  # that comes late is still refused (run)
+            return
         needed = (predicted + margin - work.arrived) * 1000
         raise Overloaded(f"{_budget(work)} cannot be met now, even at {work.n_samples} "
                          f"samples (about {needed:.0f} ms); retry later", self._drain_seconds())
@@ -449,12 +454,10 @@ class Scheduler:
         return pieces
 
     def _refuse_expired(self) -> None:
-        """Refuse, at once, the budgeted works that would miss their deadline even if
-        nothing else were drawn from now on."""
+        """Refuse, at once, the budgeted works whose deadline passed before their round."""
         now = self.clock()
-        expired = {work for work in self._works if work.deadline is not None and work.slices
-                   and now + self.costs.seconds(self._rounds(work), work.remaining_rows)
-                   > work.deadline}
+        expired = {work for work in self._works
+                   if work.deadline is not None and work.slices and now > work.deadline}
         for work in expired:
             self._fail({work}, Overloaded(f"{_budget(work)} can no longer be met; retry later",
                                           self._drain_seconds()))

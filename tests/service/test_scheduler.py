@@ -205,11 +205,26 @@ def test_a_budget_that_cannot_be_met_even_at_the_fewest_samples_is_refused(predi
     clock = FakeClock()
     lane = scheduler(predictor, clock=clock)
     lane.costs = CostModel(overhead=0.010, per_row=0.001)
-    work = Work(x[:1], None, choices=(10, 5), arrived=clock())
-    work.deadline = work.arrived + 0.005
-    with pytest.raises(Overloaded, match=r"latency_budget_ms: 5 ms cannot be met now, "
-                                         r"even at 5 samples"):
-        run(lane.run([work]))
+
+    def budgeted():
+        work = Work(x[:1], None, choices=(10, 5), arrived=clock())
+        work.deadline = work.arrived + 0.005
+        return work
+
+    async def scenario():
+        long = asyncio.ensure_future(lane.run([Work(x, 100, arrived=clock())]))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match=r"latency_budget_ms: 5 ms cannot be met now, "
+                                             r"even at 5 samples"):
+            await lane.run([budgeted()])
+        await long
+
+    run(scenario())
+    # an idle engine tries it at the fewest samples: the cost model's price gets tested
+    lane.costs = CostModel(overhead=0.010, per_row=0.001)  # the rounds moved the fit
+    tried = budgeted()
+    [[predictions]] = run(lane.run([tried]))
+    assert tried.n_samples == 5 and predictions[0].n_samples == 5
     assert lane.queued_rows == 0
 
 
