@@ -20,9 +20,13 @@ import numpy as np
 REFUSED = 429
 
 
-def request_bytes(path: str, body: bytes, content_type: str = "application/json") -> bytes:
-    """A whole ``POST path`` request to 127.0.0.1, ready to write."""
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+def request_bytes(path: str, body: bytes,
+                  headers: dict[str, str] | None = None) -> bytes:
+    """A whole ``POST path`` request to 127.0.0.1, ready to write; ``headers`` default to
+    a JSON Content-Type."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in
+                    (headers or {"Content-Type": "application/json"}).items())
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{lines}"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
 

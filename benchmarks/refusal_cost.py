@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(parser.prog, f"model {args.model!r} is not in the store "
                     "('bentoml models list')")
     body = one_image_body(card.dataset)
-    service_request = request_bytes("/predict_batched", body, content_type="text/plain")
+    service_request = request_bytes("/predict_batched", body, {"Content-Type": "text/plain"})
     bare_request = request_bytes("/predict_batched", body)
     rounds: list[dict] = []
     bare_port = free_port()

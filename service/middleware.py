@@ -25,6 +25,7 @@ reaches BentoML's per-request work.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -63,7 +64,7 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = request_ids.from_headers(scope.get("headers") or [])
-        context = request_ids.set_current(request_id)
+        context = request_ids.set_current(request_id, self._arrival())
         send = _with_request_id(send, request_id.encode())
         try:
             if path.startswith(OWN_CHECKS_PREFIX):
@@ -79,6 +80,11 @@ class ServiceMiddleware:
                 metrics.count_request(path.lstrip("/"), responder.outcome, responder.overloaded)
         finally:
             request_ids.reset_current(context)
+
+    def _arrival(self) -> float:
+        """``time.perf_counter()`` when the request reached the service, about: now, less
+        the event loop's lag, which is about what it waited before the loop ran this."""
+        return time.perf_counter() - self.service().lag.seconds
 
     async def _handle(
         self, scope: dict, receive: Receive, responder: _Responder, path: str

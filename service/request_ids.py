@@ -21,7 +21,7 @@ _USABLE = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_LENGTH)
 
 _CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("uq_request_id",
                                                                       default=None)
-#: ``time.perf_counter()`` when the middleware received the request
+#: ``time.perf_counter()`` when the request reached the service (service/middleware.py)
 _STARTED: contextvars.ContextVar[float | None] = contextvars.ContextVar("uq_request_started",
                                                                        default=None)
 
@@ -41,9 +41,10 @@ def from_headers(headers: list[tuple[bytes, bytes]]) -> str:
     return new_request_id()
 
 
-def set_current(request_id: str) -> tuple[contextvars.Token, contextvars.Token]:
-    """The request being served from now: its id, and the time it arrived."""
-    return _CURRENT.set(request_id), _STARTED.set(time.perf_counter())
+def set_current(request_id: str, arrived: float) -> tuple[contextvars.Token, contextvars.Token]:
+    """The request being served from now: its id, and the ``time.perf_counter()`` it
+    arrived at."""
+    return _CURRENT.set(request_id), _STARTED.set(arrived)
 
 
 def reset_current(tokens: tuple[contextvars.Token, contextvars.Token]) -> None:

@@ -33,16 +33,24 @@ the event loop. Admission counts the later rounds among the rounds such a work n
 
 Admission, when a request arrives: refused (:class:`Overloaded`, 429) when the rows
 admitted and not yet drawn would pass ``max_queued_rows`` (an empty queue admits
-anything), or when the work is predicted to finish after its deadline: the
-request's ``latency_budget_ms``, else ``max_latency`` or twice its own engine time,
-whichever is longer. The prediction: the round in flight, then the rounds this
-work needs, each holding as much of every queued work as it will (a slice of
-each), priced by :class:`CostModel`, plus the event loop's lag (:class:`LoopLag`)
-and how late works have finished against the model (:class:`Lateness`, a high quantile). With a
-budget and no N, the work takes the largest of its candidate N that is predicted
-to fit without making a queued budgeted work late; else the smallest if the
-engine's own queue meets the budget; else it is refused. Overload of the event
-loop itself is the door's to refuse (service/door.py).
+anything). A request without a budget is refused when it would wait past
+``max_latency`` before its work starts: the time since it reached the service (its
+``arrived``, which counts the event loop's lag before the middleware saw it), the round
+in flight and the rounds the next slices of the queued works fill before its first one
+(how late works finish, which a big request's own length inflates, is not counted).
+Its own engine time is its own: four requests of 64 instances are normal load, however
+long they take together. A request with a budget is predicted to finish:
+the round in flight, then the rounds it needs, each holding a slice of every queued
+work, priced by :class:`CostModel`, plus how late works have finished against the model
+(:class:`Lateness`, a high quantile). Without N, it takes the largest of
+its candidate N predicted to finish by its deadline without making a queued budgeted
+work late, down to ``min_samples``; else it is refused, unless the engine is idle: then
+it is tried at ``min_samples``, so that a cost model that prices rounds too high learns
+again (refusing everything, it would never see a round). A budget is answered in time or
+with 429, never late: a queued budgeted work whose deadline passed is refused before
+its round, and one whose predictions come after its deadline
+is refused then. Overload of the event loop itself is the door's to refuse
+(service/door.py).
 """
 
 from __future__ import annotations
@@ -163,7 +171,7 @@ class Scheduler:
 
     def __init__(self, predictor, *, max_rows: int, max_instances: int,
                  max_queued_rows: int, max_latency: float,
-                 crowd: Callable[[], float] = lambda: 0,
+                 crowd: Callable[[], float] = lambda: 0, lag: LoopLag | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.predictor = predictor
         #: the seconds of rounds, admissions and deadlines (Work.arrived and deadline too)
@@ -182,7 +190,9 @@ class Scheduler:
         self._arrived = False
         self._long_last = False  # whether the last round held slices of long works
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="uq-engine")
-        self.lag = LoopLag(clock)
+        #: the event loop's lag, watched while the scheduler serves (requests' arrival
+        #: times count it: service/middleware.py)
+        self.lag = lag or LoopLag(clock)
         self.lateness = Lateness(clock)
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
@@ -205,13 +215,17 @@ class Scheduler:
         self._wake.set()
         try:
             results = [await work.future for work in works]
-        except asyncio.CancelledError:  # the client went away: draw nothing more for it
-            for work in works:
+        except (asyncio.CancelledError, Overloaded):  # the client went away, or a budget
+            for work in works:  # expired: draw nothing more for them
                 work.cancelled = True
             raise
         finished = self.clock()
         for work in works:
             self.lateness.observe(finished - work.predicted_finish)
+        late = [work for work in works if work.deadline is not None and finished > work.deadline]
+        if late:  # a budget's answer comes in time or as a 429, never late
+            raise Overloaded(f"{_budget(late[0])} passed before the predictions were drawn; "
+                             "retry later", self._drain_seconds())
         return results
 
     # admission
@@ -234,13 +248,28 @@ class Scheduler:
             queued += rows
 
     def _choose(self, work: Work, ahead: list, now: float) -> None:
-        """Set the work's N and plan its slices: the largest of its choices predicted to
-        meet the deadline, the lateness and the loop's lag counted; else the smallest if
-        the scheduler's own queue meets it (what the loop adds lowers N, but refusing
-        for it would only add refusals for the loop to answer); else Overloaded."""
+        """Set the work's N and plan its slices, or raise Overloaded: with a budget, see
+        :meth:`_choose_in_budget`; without one, its N is admitted while its first slice is
+        predicted to start within ``max_latency`` of its arrival (its own engine time, a big
+        request's seconds, is its own)."""
+        if work.deadline is not None:
+            self._choose_in_budget(work, ahead, now)
+            return
+        self._plan(work, work.n_samples)
+        work.predicted_finish = now + self._predicted_seconds(
+            self._rounds(work), work.remaining_rows, work.batch, ahead)
+        waited = now - work.arrived + self._start_seconds(work, ahead)
+        if waited > self.max_latency:
+            raise Overloaded(
+                f"the service cannot start this request within {self.max_latency * 1000:.0f} "
+                f"ms (UQ_BATCH_MAX_LATENCY_MS) now: it would wait about {waited * 1000:.0f} ms; "
+                "retry later", self._drain_seconds())
+
+    def _choose_in_budget(self, work: Work, ahead: list, now: float) -> None:
+        """The largest of the work's choices predicted to finish by its deadline, the
+        lateness counted, without making a queued budgeted work late; else Overloaded."""
         candidates = (work.n_samples,) if work.n_samples is not None else work.choices
-        # before the request's first step it waited about the loop's lag
-        margin = self.lateness.seconds + self.lag.seconds
+        margin = self.lateness.seconds
         choosing = len(candidates) > 1
         slack = self._slack(margin) if choosing else math.inf
         # requests received (or about to be: they come in waves) and not yet queued will
@@ -254,21 +283,26 @@ class Scheduler:
                 self._rounds(work), work.remaining_rows + unqueued * per_instance,
                 work.batch + unqueued, ahead)
             work.predicted_finish = predicted
-            if predicted + margin <= self._deadline(work) and self._growth(work) <= slack:
+            if predicted + margin <= work.deadline and (
+                    n_samples == candidates[-1] or self._growth(work) <= slack):
                 work.budget_limited = n_samples != candidates[0]
                 return
-        if predicted <= self._deadline(work):
-            work.budget_limited = len(candidates) > 1
+        if not self._works and self._round is None:  # idle: try the prediction; an answer
+            work.budget_limited = choosing  # that comes late is still refused (run)
             return
-        needed = (predicted - work.arrived) * 1000
-        if work.deadline is None:
-            problem = (f"the service cannot answer within {self.max_latency * 1000:.0f} ms "
-                       f"(UQ_BATCH_MAX_LATENCY_MS) now: about {needed:.0f} ms")
-        else:
-            budget = (work.deadline - work.arrived) * 1000
-            problem = (f"latency_budget_ms: {budget:g} ms cannot be met now, even at "
-                       f"{work.n_samples} samples (about {needed:.0f} ms)")
-        raise Overloaded(f"{problem}; retry later", self._drain_seconds())
+        needed = (predicted + margin - work.arrived) * 1000
+        raise Overloaded(f"{_budget(work)} cannot be met now, even at {work.n_samples} "
+                         f"samples (about {needed:.0f} ms); retry later", self._drain_seconds())
+
+    def _start_seconds(self, work: Work, ahead: list[tuple[float, float, int]]) -> float:
+        """Seconds until the work's first slice is drawn: the round in flight, then the
+        rounds that the next slices of the queued works fill before the one it joins."""
+        first = work.slices[0]
+        rows = sum(slice_rows for _, slice_rows, _ in ahead)
+        instances = sum(slice_instances for _, _, slice_instances in ahead)
+        before = max(math.ceil((rows + first.rows) / self.max_rows),
+                     math.ceil((instances + first.instances) / self.max_instances)) - 1
+        return self._round_left() + self.costs.seconds(before, min(rows, before * self.max_rows))
 
     def _slack(self, margin: float) -> float:
         """Seconds the next round may grow before a queued work with a budget is predicted
@@ -287,13 +321,6 @@ class Scheduler:
         for queued in self._works:
             if queued.slices:
                 queued.predicted_finish += growth
-
-    def _deadline(self, work: Work) -> float:
-        """The work's budget, else ``max_latency`` or twice its own engine time."""
-        if work.deadline is not None:
-            return work.deadline
-        own = self.costs.seconds(self._rounds(work), work.remaining_rows)
-        return work.arrived + max(self.max_latency, 2 * own)
 
     def _rounds(self, work: Work) -> int:
         """Rounds until the work is drawn: one per slice, and for unseeded "auto" the later
@@ -403,6 +430,7 @@ class Scheduler:
         """The next slice of each queued work, in arrival order, within the round's caps;
         while short works (one slice) wait, every other round leaves the long ones out."""
         self._arrived = False
+        self._refuse_expired()
         for work in [work for work in self._works if work.cancelled]:
             self._works.pop(work)
         self._runs = [run for run in self._runs
@@ -424,6 +452,15 @@ class Scheduler:
             instances += piece.instances
         self._long_last = any(not work.short for work, _ in pieces)
         return pieces
+
+    def _refuse_expired(self) -> None:
+        """Refuse, at once, the budgeted works whose deadline passed before their round."""
+        now = self.clock()
+        expired = {work for work in self._works
+                   if work.deadline is not None and work.slices and now > work.deadline}
+        for work in expired:
+            self._fail({work}, Overloaded(f"{_budget(work)} can no longer be met; retry later",
+                                          self._drain_seconds()))
 
     def _fail(self, works: set[Work], error: Exception) -> None:
         for work in works:
@@ -540,6 +577,10 @@ class Scheduler:
                 work.predictions = predictions[offset:offset + work.batch]
                 work.parts = []
                 offset += work.batch
+
+
+def _budget(work: Work) -> str:
+    return f"latency_budget_ms: {(work.deadline - work.arrived) * 1000:g} ms"
 
 
 def _keep(work: Work, piece: Slice, arrays: Sequence[np.ndarray]) -> None:

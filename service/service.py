@@ -36,6 +36,7 @@ from service import adapter, metrics, request_ids
 from service.door import Door
 from service.feedback import Desk, Rejected, ReplayMemory, Signer
 from service.generation import Sampler
+from service.latency import LoopLag
 from service.middleware import ServiceMiddleware
 from service.monitoring import Monitoring
 from service.oip.app import ENDPOINT as OIP_ENDPOINT
@@ -147,6 +148,8 @@ class UQService:
         self.feedback_desk = None
         #: prediction requests in flight, refused past a bound (the middleware asks it)
         self.door = Door(settings.batch_max_latency_ms / 1000)
+        #: the event loop's lag: what a request waited before the middleware first saw it
+        self.lag = LoopLag()
         adapter.keep_api_wrappers(self, API_ROUTES)
         threading.Thread(target=self._load, name="uq-model-loader", daemon=True).start()
 
@@ -169,7 +172,7 @@ class UQService:
             predictor, max_rows=settings.batch_max_rows, max_instances=settings.batch_max_size,
             max_queued_rows=settings.max_queued_rows,
             max_latency=settings.batch_max_latency_ms / 1000,
-            crowd=self.door.crowd,
+            crowd=self.door.crowd, lag=self.lag,
         )
         _settle_garbage_collector()
         self.predictor = predictor

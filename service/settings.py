@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     )
     batch_max_latency_ms: int = Field(
         200, ge=1, description="a request without latency_budget_ms is refused (429) when it "
-        "cannot be answered within this, or twice its own engine time if that is longer"
+        "would wait longer than this before its work starts (its own engine time is not counted)"
     )
     max_queued_rows: int = Field(
         131_072, ge=1, description="most engine rows (instances x samples) admitted and not yet "

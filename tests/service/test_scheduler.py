@@ -37,9 +37,9 @@ async def until(condition) -> None:
         await asyncio.sleep(0)
 
 
-def run(*coroutines):
+def run(*coroutines, return_exceptions=False):
     async def together():
-        return await asyncio.gather(*coroutines)
+        return await asyncio.gather(*coroutines, return_exceptions=return_exceptions)
 
     return asyncio.run(together())
 
@@ -205,25 +205,64 @@ def test_a_budget_that_cannot_be_met_even_at_the_fewest_samples_is_refused(predi
     clock = FakeClock()
     lane = scheduler(predictor, clock=clock)
     lane.costs = CostModel(overhead=0.010, per_row=0.001)
-    work = Work(x[:1], None, choices=(10, 5), arrived=clock())
-    work.deadline = work.arrived + 0.005
-    with pytest.raises(Overloaded, match=r"latency_budget_ms: 5 ms cannot be met now, "
-                                         r"even at 5 samples"):
-        run(lane.run([work]))
+
+    def budgeted():
+        work = Work(x[:1], None, choices=(10, 5), arrived=clock())
+        work.deadline = work.arrived + 0.005
+        return work
+
+    async def scenario():
+        long = asyncio.ensure_future(lane.run([Work(x, 100, arrived=clock())]))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match=r"latency_budget_ms: 5 ms cannot be met now, "
+                                             r"even at 5 samples"):
+            await lane.run([budgeted()])
+        await long
+
+    run(scenario())
+    # an idle engine tries it at the fewest samples: the cost model's price gets tested
+    lane.costs = CostModel(overhead=0.010, per_row=0.001)  # the rounds moved the fit
+    tried = budgeted()
+    [[predictions]] = run(lane.run([tried]))
+    assert tried.n_samples == 5 and predictions[0].n_samples == 5
     assert lane.queued_rows == 0
 
 
-def test_without_a_budget_work_past_the_latency_bound_is_refused(predictor, x):
+def test_without_a_budget_work_is_refused_for_its_wait_never_for_its_own_engine_time(
+        predictor, x):
     clock = FakeClock()
     lane = scheduler(predictor, max_latency=0.05, clock=clock)
+    # 10 ms + 1 ms per row: each work of 16 x 100 is 4 slices and 1.64 s of engine time
     lane.costs = CostModel(overhead=0.010, per_row=0.001)
-    run(lane.run([Work(x[:1], 39, arrived=clock())]))  # 49 ms predicted: admitted
-    lane.costs = CostModel(overhead=0.010, per_row=0.001)  # the fit moved: back to the prior
-    with pytest.raises(Overloaded, match="UQ_BATCH_MAX_LATENCY_MS"):  # the second: 51 ms
-        run(lane.run([Work(x[:1], 40, arrived=clock()), Work(x[:1], 1, arrived=clock())]))
-    # a work whose own engine time (110 ms) passes the bound is judged against twice that
-    lane.costs = CostModel(overhead=0.010, per_row=0.001)
-    run(lane.run([Work(x[:1], 100, arrived=clock())]))
+    works = [Work(x, 100, arrived=clock()) for _ in range(5)]
+    # the first slices of four fill one round (2000 rows of 2048): they start at once; the
+    # fifth's would wait a round (510 ms)
+    results = run(*(lane.run([work]) for work in works), return_exceptions=True)
+    assert all(len(predictions) == len(x) for [predictions] in results[:4])
+    assert isinstance(results[4], Overloaded)
+    assert "cannot start this request within 50 ms (UQ_BATCH_MAX_LATENCY_MS)" in (
+        results[4].message)
+    # what it already waited before the scheduler saw it counts too
+    with pytest.raises(Overloaded, match="would wait about 60 ms"):
+        run(lane.run([Work(x[:1], 1, arrived=clock() - 0.060)]))
+
+
+def test_a_budget_that_can_no_longer_be_met_is_refused_before_its_round(predictor, x):
+    clock = FakeClock()
+    lane = scheduler(predictor, clock=clock)
+    budgeted = Work(x[:1], 5, deadline=clock() + 0.5, arrived=clock())
+
+    async def scenario():
+        long = asyncio.ensure_future(lane.run([Work(x, 100, arrived=clock())]))
+        waiting = asyncio.ensure_future(lane.run([budgeted]))
+        await asyncio.sleep(0)  # both admitted, no round taken yet
+        clock.advance(1.0)  # the loop was busy for a second
+        with pytest.raises(Overloaded, match="latency_budget_ms: 500 ms can no longer be met"):
+            await waiting
+        return await long
+
+    [[predictions]] = run(scenario())
+    assert len(predictions) == len(x) and not budgeted.parts
 
 
 def test_short_works_do_not_wait_behind_a_long_one(predictor, x):
