@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install test lint serve clean results results-engine results-scoring results-stratified \
-	results-adaptive results-service results-evaluate results-loadtest results-http
+	results-adaptive results-service results-evaluate results-loadtest results-http results-models
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ RESULTS := benchmarks/results
 DOCS_RESULTS := docs/results
 
 results: results-engine results-scoring results-stratified results-adaptive results-service \
-	results-evaluate results-loadtest results-http
+	results-evaluate results-loadtest results-http results-models
 
 results-engine: install
 	$(BIN)/python -m benchmarks.mc_engine --output $(RESULTS)/mc_engine.json
@@ -85,6 +85,10 @@ results-http: install
 		--output $(DOCS_RESULTS)/http_guarantees.json
 	$(BIN)/python -m loadtest.drift_replay --serve --model $(MODEL) \
 		--output $(DOCS_RESULTS)/http_drift.json
+
+# Trains both uq-train presets (uq-preset-cnn, uq-preset-mlp) and compares them through HTTP.
+results-models: install
+	$(BIN)/python -m benchmarks.models --output $(DOCS_RESULTS)/models/comparison.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -259,6 +259,48 @@ def scoring(results: dict) -> str:
         ["peak RSS, local", f"{median['local_peak_rss_gb']:.2f} GB"]])
 
 
+@table("model-comparison")
+def model_comparison(results: dict) -> str:
+    """benchmarks.models: uq-train's presets side by side, through HTTP."""
+    presets = results["presets"]
+    n = results["speed_n_samples"]
+
+    def row(name: str, figure: Callable[[dict], str]) -> list[str]:
+        return [name, *(figure(result) for result in presets.values())]
+
+    def at(result: dict, n_samples) -> dict:
+        return next(r for r in result["by_n_samples"] if r["n_samples"] == n_samples)
+
+    rows = [row(f"{name} at N={n}", lambda r, key=key: f"{at(r, n)[key]:.4f}")
+            for name, key in (("MC accuracy", "accuracy"), ("NLL", "nll"), ("ECE", "ece"),
+                              ("Brier", "brier"))]
+    for count in (10, 30, 100, "auto"):
+        rows.append(row(f"unflagged (error among them) at N={count}", lambda r, c=count: (
+            f"{at(r, c)['coverage']:.1%} ({at(r, c)['selective_error']:.4f})")))
+    rows += [
+        row('"auto": mean N used', lambda r: f"{at(r, 'auto')['mean_n_samples']:.1f}"),
+        row(f"prediction sets at N={n}: coverage, mean size", lambda r: (
+            f"{at(r, n)['conformal_coverage']:.3f}, {at(r, n)['conformal_mean_set_size']:.2f}")),
+        *(row(f"{name.replace('_', ' ')}: flagged, best AUROC (MI's)", lambda r, s=name: (
+            f"{r['shifted'][s]['flagged_fraction']:.1%}, "
+            f"{max(r['shifted'][s]['auroc'].values()):.3f} "
+            f"({r['shifted'][s]['auroc']['mutual_information']:.3f})"))
+          for name in next(iter(presets.values()))["shifted"]),
+        row("training and calibration",
+            lambda r: f"{r['train_and_calibrate_seconds'] / 60:.1f} min"),
+        row(f"images/s at N={n}, {results['load']} (rounds' range)", _images_per_second),
+        row(f"one image at N={n}, p50", lambda r: f"{r['speed']['one_image_p50_ms']:.1f} ms"),
+    ]
+    return markdown_table(["", *presets], rows)
+
+
+def _images_per_second(result: dict) -> str:
+    speed = result["speed"]
+    low, high = speed["images_per_second_range"]
+    return (f"{speed['images_per_second']:,.0f} ({low:,.0f} to {high:,.0f}), "
+            f"{speed['failures']} failed")
+
+
 # --- the OpenAPI document ---------------------------------------------------------------
 
 
