@@ -6,7 +6,8 @@ requests never retrace. Small calls run the suffix as one XLA program; large one
 the matrix products in TensorFlow's oneDNN kernels and make each dropout application a
 fused XLA program, the first of which also expands the prefix output to one row per
 sample. ``sample`` keys the masks per chunk of a call; ``sample_keyed`` per input row,
-so that a row's samples do not depend on the rest of its call.
+so that a row's samples do not depend on the rest of its call, in calls of fixed shapes
+(the prefix once per input, the suffix once per sample, each its own XLA program).
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ class MCEngine:
         ``n_samples``. ``seed`` (a non-negative integer) keys only the dropout layers that
         draw one mask per sample for all inputs (a leading 1 in ``noise_shape``): every row
         of every call with that seed shares them, as the rows of one request do in
-        ``sample``. Every call has one shape (``_keyed_forward`` says why), whatever
+        ``sample``. Every call has one shape (``_keyed_programs`` says why), whatever
         ``max_rows_per_call``; tests check that a row's bits do not depend on its call."""
         _check_count(n_samples, "n_samples")
         x = self._check_input(x)
