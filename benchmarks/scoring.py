@@ -20,10 +20,16 @@ within minutes):
    engine work per row is ~60x the tiny one's, while the runner's own work per row
    (decoding, summaries, risk decisions, Parquet) stays the same: context, not a target.
 
+With ``--model TAG`` (a model in the store BENTOML_HOME names, the default classifier say)
+the same steps measure that model instead of the tiny one, on its dataset's test images
+repeated to ROWS rows (MODEL_ROWS by default), at its default N; the wide model is then
+skipped.
+
 Targets, judged on the medians over the rounds: local rate >= 0.8 x the engine's; the
 Ray run's time <= 2 x the local run's; the local run's peak RSS <= 2 GB.
 
     python -m benchmarks.scoring --output benchmarks/results/scoring.json
+    BENTOML_HOME=... python -m benchmarks.scoring --model uq-classifier:latest --output ...
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from training.data import load_dataset
 from training.train import train
 
 ROWS = 200_000
+MODEL_ROWS = 50_000
 MODEL_NAME = "uq-bench-digits"
 TARGET_LOCAL_VS_ENGINE = 0.8
 TARGET_RAY_VS_LOCAL_TIME = 2.0
@@ -76,6 +83,14 @@ def noisy_digits(rows: int, seed: int = 0):
     images = load_digits().images.astype(np.float32)
     picked = images[rng.integers(0, len(images), rows)]
     return np.clip(picked + rng.normal(0, 1.5, picked.shape), 0, 16).astype(np.float32)
+
+
+def dataset_test_images(dataset: str, rows: int):
+    """float32 ``[rows, *input_shape]``: the dataset's test images, repeated."""
+    import numpy as np
+
+    images = load_dataset(dataset).x_test.astype(np.float32)
+    return images[np.arange(rows) % len(images)]
 
 
 def timed(function, rows: int) -> dict:
@@ -181,8 +196,12 @@ def same_scores(first: Path, second: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineErrorParser(prog="python -m benchmarks.scoring",
                                 description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=positive_integer, default=ROWS,
-                        help="rows of digits input (default: %(default)s)")
+    parser.add_argument("--model", metavar="TAG",
+                        help="measure this model of the store BENTOML_HOME names, on its "
+                        "dataset's test images, instead of training the tiny digits model")
+    parser.add_argument("--rows", type=positive_integer,
+                        help=f"rows of input (default: {ROWS:,} of digits, {MODEL_ROWS:,} "
+                        "with --model)")
     parser.add_argument("--rounds", type=positive_integer, default=5,
                         help="in-process rounds (engine, runner, engine); the target uses "
                         "their median ratio (default: %(default)s)")
@@ -198,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     origin = provenance()  # before the run: the tree it measures
 
+    args.rows = args.rows or (MODEL_ROWS if args.model else ROWS)
     work = Path(tempfile.mkdtemp(prefix="uq-bench-scoring-"))
-    os.environ["BENTOML_HOME"] = str(work / "bentoml")  # before BentoML is imported
+    if not args.model:
+        os.environ["BENTOML_HOME"] = str(work / "bentoml")  # before BentoML is imported
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import numpy as np
@@ -210,18 +231,18 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_tensorflow_threads()
     try:
-        tag = train_digits_model(work / "train")
-        x = noisy_digits(args.rows)
+        model, card, tag = load_classifier(args.model or train_digits_model(work / "train"))
+        x = dataset_test_images(card.dataset, args.rows) if args.model else noisy_digits(args.rows)
         np.savez(work / "rows.npz", x=x)
-        model, card, tag = load_classifier(tag)
         n_samples = card.default_n_samples
         scorer = Scorer(model, card, tag, n_samples, seed=0)
         source = open_source(f"npz:{work / 'rows.npz'}", scorer.spec)
         chunk_rows = 16384
-        print(f"{args.rows:,} rows of noisy digits, model {tag}, N = {n_samples}, engine "
+        rows_of = f"{card.dataset} test images" if args.model else "noisy digits"
+        print(f"{args.rows:,} rows of {rows_of}, model {tag}, N = {n_samples}, engine "
               f"batch {scorer.batch_size}, chunks of {chunk_rows}", flush=True)
         rounds = in_process_rounds(scorer, x, source, work / "in-process", chunk_rows,
-                                   args.rounds, "tiny model")
+                                   args.rounds, "model" if args.model else "tiny model")
         context = ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
         address = context.address_info["gcs_address"]
         common = ["--model", tag, "--input", f"npz:{work / 'rows.npz'}", "--seed", "0"]
@@ -243,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{commands[-1]['identical']}", flush=True)
         ray.shutdown()
         wide = None
-        if args.wide_rows > 0:
+        if args.wide_rows > 0 and not args.model:
             wide_model, wide_card, wide_tag = load_classifier(train_digits_model(
                 work / "train-wide", f"{MODEL_NAME}-wide", (512, 512)))
             wide_scorer = Scorer(wide_model, wide_card, wide_tag, n_samples, seed=0)
@@ -264,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         **origin, "python": platform.python_version(),
         "load_average": os.getloadavg(),
-        "rows": args.rows, "model": "digits, Dense(64), as tests/conftest.py's classifier_tag",
+        "rows": args.rows,
+        "model": f"{tag}, on {card.dataset} test images" if args.model
+        else "digits, Dense(64), as tests/conftest.py's classifier_tag",
         "n_samples": n_samples, "engine_batch": scorer.batch_size, "chunk_rows": chunk_rows,
         "ray_cluster": {"cpus": 2, "note": "started before the rounds, as a real cluster "
                         "is up before a job comes"},

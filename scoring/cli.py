@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with each row's id, seeds the row's samples (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_integer,
                         help="rows per engine call (default: as many as one compiled call of "
-                        "8192 rows holds at N); does not change the results")
+                        "8192 rows holds at N, rounded up to whole calls of the engine's "
+                        "prefix); does not change the results")
     parser.add_argument("--chunk-size", type=positive_integer, metavar="ROWS",
                         help=f"rows per chunk, one local shard (default: {DEFAULT_CHUNK_ROWS}, "
                         f"fewer for inputs over {DEFAULT_CHUNK_BYTES // 2**20} MiB a chunk)")

@@ -80,9 +80,10 @@ def row_seeds(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
     )
 
 
-def default_batch_size(max_rows_per_call: int, n_samples: int) -> int:
-    """Rows per engine call: as many as one compiled call holds at N (at least 1)."""
-    return max(1, max_rows_per_call // n_samples)
+def default_batch_size(max_rows_per_call: int, n_samples: int, prefix_rows: int) -> int:
+    """Rows per engine call: as many as one compiled call holds at N, rounded up to whole
+    calls of the engine's keyed prefix (``prefix_rows`` inputs), which then pads none."""
+    return -(-max(1, max_rows_per_call // n_samples) // prefix_rows) * prefix_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +107,8 @@ class Scorer:
         self.n_samples, self.seed = n_samples, seed
         self.calibration = card.calibration_for(n_samples)
         self.spec = InputSpec(tuple(card.input_shape), tuple(card.value_range))
-        self.batch_size = batch_size or default_batch_size(self.engine.max_rows_per_call,
-                                                           n_samples)
+        self.batch_size = batch_size or default_batch_size(
+            self.engine.max_rows_per_call, n_samples, self.engine.keyed_prefix_rows)
         self.class_names = np.asarray(card.class_names, dtype=object)
         self._class_names = pa.array(card.class_names, pa.string())
 

@@ -37,6 +37,24 @@ def shared_mask_model() -> keras.Model:
     ])
 
 
+def conv_model(dropout_after_flatten: bool = False) -> keras.Model:
+    """Conv/Pool blocks, Flatten, Dense, Dropout, Dense(softmax): the dropout only in the
+    dense head, so the convolutions are the prefix (and a Dropout after Flatten too)."""
+    keras.utils.set_random_seed(13)
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(6, 3, padding="same", activation="elu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(8, 3, padding="same", activation="elu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        *[keras.layers.Dropout(0.1)] * dropout_after_flatten,
+        keras.layers.Dense(16, activation="elu"),
+        keras.layers.Dropout(0.4),
+        keras.layers.Dense(3, activation="softmax"),
+    ])
+
+
 def inputs(model: keras.Model, rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, *model.inputs[0].shape[1:])).astype(np.float32)
@@ -49,7 +67,10 @@ def model() -> keras.Model:
     return mlp_with_batch_norm()
 
 
-@pytest.mark.parametrize("build", [mlp_with_batch_norm, spatial_model])
+MODELS = [mlp_with_batch_norm, spatial_model, conv_model, lambda: conv_model(True)]
+
+
+@pytest.mark.parametrize("build", MODELS)
 def test_a_row_gets_the_same_samples_in_any_call_and_chunking(build):
     model = build()
     x, seeds = inputs(model, 37)
@@ -64,6 +85,31 @@ def test_a_row_gets_the_same_samples_in_any_call_and_chunking(build):
     order = np.random.default_rng(1).permutation(len(x))
     shuffled = MCEngine(model).sample_keyed(x[order], 20, seeds[order], seed=3)
     np.testing.assert_array_equal(shuffled, whole[:, order])
+
+
+@pytest.mark.parametrize("build", MODELS)
+def test_a_row_gets_the_same_samples_across_prefix_and_suffix_calls(build):
+    """Batches that span several prefix calls and suffix calls, cut anywhere: a row's
+    prefix output and samples do not depend on the inputs beside it."""
+    model = build()
+    x, seeds = inputs(model, 300, seed=4)
+    engine = MCEngine(model)
+    engine.keyed_prefix_rows = 16  # before the first keyed call: many prefix calls
+    whole = engine.sample_keyed(x, 9, seeds, seed=1)  # 2,700 rows: two suffix calls
+    for cuts in ([7, 40, 41, 250], [16, 32, 229, 231]):
+        parts = [engine.sample_keyed(x[a:b], 9, seeds[a:b], seed=1)
+                 for a, b in zip([0, *cuts], [*cuts, len(x)], strict=True)]
+        np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
+    lone = [engine.sample_keyed(x[i:i + 1], 9, seeds[i:i + 1], seed=1) for i in (0, 150, 299)]
+    np.testing.assert_array_equal(np.concatenate(lone, axis=1), whole[:, [0, 150, 299]])
+
+
+@pytest.mark.parametrize("dropout_after_flatten", [False, True])
+def test_keyed_samples_of_a_conv_model_follow_keras_dropout(dropout_after_flatten):
+    model = conv_model(dropout_after_flatten)
+    x, _ = inputs(model, 1, seed=2)
+    samples = MCEngine(model).sample_keyed(x, 3000, np.array([17], np.uint64))
+    assert_same_distribution(samples, reference_samples(model, x, 3000))
 
 
 def test_large_calls_and_small_calls_agree(model):

@@ -41,6 +41,8 @@ def largest_bucket_at_most(rows: int) -> int:
 
 def filled(array: np.ndarray, rows: int) -> np.ndarray:
     """``array`` ``[n, ...]`` to ``[rows, ...]`` (n <= rows), repeating its last row."""
+    if len(array) == rows:
+        return array
     return np.concatenate([array, np.repeat(array[-1:], rows - len(array), axis=0)])
 
 

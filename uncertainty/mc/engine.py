@@ -6,7 +6,8 @@ requests never retrace. Small calls run the suffix as one XLA program; large one
 the matrix products in TensorFlow's oneDNN kernels and make each dropout application a
 fused XLA program, the first of which also expands the prefix output to one row per
 sample. ``sample`` keys the masks per chunk of a call; ``sample_keyed`` per input row,
-so that a row's samples do not depend on the rest of its call.
+so that a row's samples do not depend on the rest of its call, in calls of fixed shapes
+(the prefix once per input, the suffix once per sample, each its own XLA program).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ SPLIT_PLAN_ROWS = 2048
 #: this 2-core machine 512 rows ran at 0.56x and 0.79x of ``sample``'s rows/s (a Dense(64)
 #: and a Dense(512, 512) model), 2048 at 0.93x and 0.94x, 8192 at 0.94x and 0.72x.
 KEYED_BLOCK_ROWS = 2048
+#: Input rows of each call of ``sample_keyed``'s prefix (the layers before the first
+#: dropout), fewer for wide prefixes (MAX_BYTES_PER_CALL).
+KEYED_PREFIX_ROWS = 1024
 #: Upper bound on the memory of the widest activation of one call, in bytes.
 MAX_BYTES_PER_CALL = 128 * 2**20
 #: Guards the first compilation of an engine's programs built on first use.
@@ -107,8 +111,14 @@ class MCEngine:
         self.max_rows_per_call = largest_bucket_at_most(
             int(max_rows_per_call or rows_in_memory)
         )
-        #: Rows of every ``sample_keyed`` call (a model's own: never max_rows_per_call).
+        #: Rows of every call of ``sample_keyed``'s suffix (a model's own: never
+        #: max_rows_per_call).
         self._keyed_block_rows = min(KEYED_BLOCK_ROWS, rows_in_memory)
+        #: Input rows of every call of ``sample_keyed``'s prefix: batches of a multiple of
+        #: it pad none.
+        self.keyed_prefix_rows = min(KEYED_PREFIX_ROWS, _default_max_rows(chain[:split]))
+        #: The shape of one input's prefix output (the suffix's input).
+        self._prefix_output_shape = chain[split - 1].output_shape if split else self.input_shape
         #: "fused" or "split" -> its compiled call (``_call`` picks by the call's rows); the
         #: stratified ones (``_stratified_forward``) are built on first use
         self._forwards = {plan: self._compile(plan_body)
@@ -248,7 +258,7 @@ class MCEngine:
         ``n_samples``. ``seed`` (a non-negative integer) keys only the dropout layers that
         draw one mask per sample for all inputs (a leading 1 in ``noise_shape``): every row
         of every call with that seed shares them, as the rows of one request do in
-        ``sample``. Every call has one shape (``_keyed_forward`` says why), whatever
+        ``sample``. Every call has one shape (``_keyed_programs`` says why), whatever
         ``max_rows_per_call``; tests check that a row's bits do not depend on its call."""
         _check_count(n_samples, "n_samples")
         x = self._check_input(x)
@@ -281,57 +291,69 @@ class MCEngine:
         keys[:, self._shared_by_inputs] = shared[self._shared_by_inputs]
         return keys
 
-    def _keyed_forward(self) -> tf.types.experimental.ConcreteFunction:
-        """The compiled call of ``sample_keyed``, built on first use: the whole model, prefix
-        included, as one XLA program of one shape, ``_keyed_block_rows`` rows and as many
-        inputs. A row's result then cannot depend on the call's other rows or its size:
-        neither oneDNN's nor XLA's matrix products keep a row's bits across row counts on
-        every CPU (on an AMD EPYC with AVX2 both change its last bits with the count)."""
-        forward = getattr(self, "_keyed_block_forward", None)
-        if forward is None:
+    def _keyed_programs(self) -> tuple[tf.types.experimental.ConcreteFunction | None,
+                                       tf.types.experimental.ConcreteFunction]:
+        """The compiled calls of ``sample_keyed``, built on first use, each an XLA program of
+        one shape, so that a row's result cannot depend on the call's other rows or its
+        size: neither oneDNN's nor XLA's matrix products keep a row's bits across row counts
+        on every CPU (on an AMD EPYC with AVX2 both change its last bits with the count).
+
+        - the prefix: x ``[keyed_prefix_rows, *input_shape]`` -> its output, once per
+          input (None when the model starts with its dropout);
+        - the suffix: prefix outputs ``[_keyed_block_rows, ...]``, one per row (its
+          input's), keys ``[dropout steps, _keyed_block_rows]`` and sample_index
+          ``[_keyed_block_rows]`` -> probabilities ``[_keyed_block_rows, classes]``."""
+        programs = getattr(self, "_keyed_compiled", None)
+        if programs is None:
             with _COMPILE_LOCK:
-                forward = getattr(self, "_keyed_block_forward", None)
-                if forward is None:
-                    suffix = [
-                        SuffixDropout(RowKeyedDropoutMask.of(step.mask), step.key_index)
-                        if isinstance(step, SuffixDropout) else step
-                        for step in self._suffix
-                    ]
+                programs = getattr(self, "_keyed_compiled", None)
+                if programs is None:
+                    programs = self._keyed_prefix_program(), self._keyed_suffix_program()
+                    self._keyed_compiled = programs
+        return programs
 
-                    def plan(x, row_index, input_keys, sample_index):
-                        keys = tf.transpose(tf.gather(input_keys, row_index))  # [steps, R]
-                        rows = tf.gather(self._prefix(x), row_index)
-                        return run_suffix(
-                            rows, suffix, lambda step, h: step(h, keys, sample_index))
+    def _keyed_prefix_program(self) -> tf.types.experimental.ConcreteFunction | None:
+        if not self.prefix_layers:
+            return None
+        signature = [tf.TensorSpec([self.keyed_prefix_rows, *self.input_shape], tf.float32)]
+        return _compiled(self._prefix, jit_compile=True,
+                         input_signature=signature).get_concrete_function()
 
-                    block = self._keyed_block_rows
-                    signature = [
-                        tf.TensorSpec([block, *self.input_shape], tf.float32),  # x, padded
-                        tf.TensorSpec([block], tf.int32),  # row_index [R]
-                        tf.TensorSpec([block, len(self._dropout_steps)], tf.uint64),  # [B, steps]
-                        tf.TensorSpec([block], tf.int32),  # sample_index [R]
-                    ]
-                    forward = _compiled(
-                        plan, jit_compile=True, input_signature=signature
-                    ).get_concrete_function()
-                    self._keyed_block_forward = forward
-        return forward
+    def _keyed_suffix_program(self) -> tf.types.experimental.ConcreteFunction:
+        suffix = [
+            SuffixDropout(RowKeyedDropoutMask.of(step.mask), step.key_index)
+            if isinstance(step, SuffixDropout) else step
+            for step in self._suffix
+        ]
+
+        def plan(rows, keys, sample_index):
+            return run_suffix(rows, suffix, lambda step, h: step(h, keys, sample_index))
+
+        block = self._keyed_block_rows
+        signature = [
+            tf.TensorSpec([block, *self._prefix_output_shape], tf.float32),  # rows
+            tf.TensorSpec([len(self._dropout_steps), block], tf.uint64),  # keys
+            tf.TensorSpec([block], tf.int32),  # sample_index
+        ]
+        return _compiled(plan, jit_compile=True, input_signature=signature).get_concrete_function()
 
     def _run_keyed(self, x: np.ndarray, counts: np.ndarray, input_keys: np.ndarray) -> np.ndarray:
         """``counts[i]`` samples of each input row, keyed by ``input_keys`` ``[batch,
-        dropout steps]``, in calls of ``_keyed_block_rows`` rows (the last one padded)."""
-        forward = self._keyed_forward()
+        dropout steps]``: the prefix in calls of ``keyed_prefix_rows`` inputs, the suffix
+        in calls of ``_keyed_block_rows`` rows (the last ones padded)."""
+        prefix, suffix = self._keyed_programs()
         block = self._keyed_block_rows
         owners = np.repeat(np.arange(len(x), dtype=np.int32), counts)
         samples = sample_numbers(counts)
+        prefix_outputs = _PrefixOutputs(x, prefix, self.keyed_prefix_rows)
         outputs = []
         for chunk in plan_chunks(owners, block):
-            rows = slice(chunk.start, chunk.stop)
-            inputs = slice(chunk.first_input, chunk.last_input + 1)
-            arguments = (x[inputs], owners[rows] - chunk.first_input, input_keys[inputs],
-                         samples[rows])
-            probabilities = forward(
-                *(tf.constant(filled(argument, block)) for argument in arguments)).numpy()
+            rows = owners[chunk.start:chunk.stop]
+            keys = np.ascontiguousarray(filled(input_keys[rows], block).T)
+            probabilities = suffix(tf.constant(filled(prefix_outputs.rows(rows), block)),
+                                   tf.constant(keys),
+                                   tf.constant(filled(samples[chunk.start:chunk.stop], block))
+                                   ).numpy()
             outputs.append(probabilities[: chunk.stop - chunk.start])
         return np.concatenate(outputs)
 
@@ -440,6 +462,32 @@ class MCEngine:
                     self._stratified_forwards[plan] = self._compile(body, stratified=True)
                 forward = self._stratified_forwards[plan]
         return forward
+
+
+class _PrefixOutputs:
+    """The prefix outputs of ``x`` ``[batch, *input_shape]``, computed as suffix calls need
+    them, in calls of ``rows_per_call`` inputs (the last one padded); only the calls that
+    the current rows span are kept. ``program`` None: the model has no prefix."""
+
+    def __init__(self, x: np.ndarray, program, rows_per_call: int) -> None:
+        self.x, self.program, self.rows_per_call = x, program, rows_per_call
+        self.calls: dict[int, np.ndarray] = {}  # call number -> [rows_per_call, ...]
+
+    def rows(self, owners: np.ndarray) -> np.ndarray:
+        """``[len(owners), *prefix_output_shape]``: row ``i`` the output of input
+        ``owners[i]``; ``owners`` non-decreasing, and never below an earlier call's."""
+        if self.program is None:
+            return self.x[owners]
+        per_call = self.rows_per_call
+        first, last = int(owners[0]) // per_call, int(owners[-1]) // per_call
+        self.calls = {number: outputs for number, outputs in self.calls.items()
+                      if number >= first}
+        for number in range(first, last + 1):
+            if number not in self.calls:
+                x = self.x[number * per_call:(number + 1) * per_call]
+                self.calls[number] = self.program(tf.constant(filled(x, per_call))).numpy()
+        outputs = [self.calls[number] for number in range(first, last + 1)]
+        return (outputs[0] if first == last else np.concatenate(outputs))[owners - first * per_call]
 
 
 def _compiled(function, **options):
