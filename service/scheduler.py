@@ -165,7 +165,12 @@ class _AutoRun:
 
     def take_stopped(self) -> list[tuple[Work, Slice, np.ndarray]]:
         """The unanswered slices whose instances have all stopped, now answered."""
-        done = [bool(self.run.n_used[rows].all()) for *_, rows in self.unanswered]
+        if not self.unanswered:
+            return []
+        # whether a row is open from each unanswered slice's first row to the next one's
+        # (the rows between, of answered slices, have all stopped)
+        starts = [int(rows[0]) for *_, rows in self.unanswered]
+        done = (~np.logical_or.reduceat(self.run.n_used == 0, starts)).tolist()
         stopped = [entry for entry, ended in zip(self.unanswered, done, strict=True) if ended]
         self.unanswered = [entry for entry, ended in zip(self.unanswered, done, strict=True)
                            if not ended]
