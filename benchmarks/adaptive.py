@@ -13,7 +13,9 @@ The mean N that "auto" used comes from the service's ``uq_n_samples`` histogram.
 Throughput counts 200 answers only: a refusal (429) is a failure, counted beside each
 rate. A load meets its target when the median over the rounds of each round's ratio
 (auto's images/s over fixed N's) is at least ``TARGET`` and neither side was refused
-in any round; the ratios' spread over the rounds is printed beside it.
+in any round; the ratios' spread over the rounds is printed beside it. Beside images/s,
+images per CPU second of the service (its processes' user and system time): on a shared
+machine, outside load moves wall-clock rates far more than the service's own CPU cost.
 
     python -m benchmarks.adaptive --model uq-classifier:latest --duration 8 --rounds 3 \\
         --output benchmarks/results/adaptive.json
@@ -32,6 +34,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from artifacts.store import read_card
 from benchmarks.load_client import concurrent
@@ -61,14 +64,31 @@ def bodies(images: np.ndarray, path: str, instances: int, n_samples: int | str) 
                         "n_samples": n_samples}).encode() for start in starts]
 
 
+def server_cpu_seconds() -> float:
+    """CPU seconds (user and system) of this process's descendants: the served service."""
+    seconds = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        seconds += times.user + times.system
+    return seconds
+
+
 def measure(url: str, path: str, payloads: list[bytes], clients: int, instances: int,
             seconds: float) -> dict:
-    """One load for ``seconds``: the client's figures, images/s and the N the service used."""
+    """One load for ``seconds``: the client's figures, images/s, images per CPU second of
+    the service (which outside load on a shared machine disturbs far less than images/s)
+    and the N the service used."""
     port = int(url.rsplit(":", 1)[1])
-    before = n_samples_histogram(url)
+    before, cpu_before = n_samples_histogram(url), server_cpu_seconds()
     row = concurrent(port, path, payloads, clients, seconds)
+    cpu = server_cpu_seconds() - cpu_before
     used = histogram_change(before, n_samples_histogram(url))
+    images = (row["requests"] - row["failures"]) * instances
     return {**row, "images_per_s": row["rps"] * instances,
+            "images_per_cpu_s": images / max(cpu, 1e-9),
             "mean_n_samples": used.get("mean_n_samples"),
             "n_samples_shares": used.get("n_samples_shares")}
 
@@ -116,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 measure(url, path, payloads_of(name, path, instances, n), clients, instances,
                         3.0)
         for number in range(1, args.rounds + 1):
-            measured, ratios = {}, {}
+            measured, ratios, cpu_ratios = {}, {}, {}
             for name, path, instances, clients in LOADS:
                 auto = measure(url, path, payloads_of(name, path, instances, AUTO), clients,
                                instances, args.duration)
@@ -126,28 +146,32 @@ def main(argv: list[str] | None = None) -> int:
                 measured[f"{name} N={AUTO}"] = auto
                 measured[f"{name} N={FIXED}"] = {**fixed, "n_samples": n}
                 ratios[name] = auto["images_per_s"] / max(fixed["images_per_s"], 1e-9)
+                cpu_ratios[name] = auto["images_per_cpu_s"] / fixed["images_per_cpu_s"]
             refused = {key: value["refused"] for key, value in measured.items()}
-            rounds.append({"loads": measured, "ratios": ratios, "refused": refused})
+            rounds.append({"loads": measured, "ratios": ratios, "cpu_ratios": cpu_ratios,
+                           "refused": refused})
             print(f"round {number}: " + "; ".join(
                 f"{name}: auto {measured[f'{name} N={AUTO}']['images_per_s']:.0f} images/s "
                 f"(mean N {measured[f'{name} N={AUTO}']['mean_n_samples']:.2f}, "
                 f"{measured[f'{name} N={AUTO}']['refused']} refused), "
                 f"N={measured[f'{name} N={FIXED}']['n_samples']} "
                 f"{measured[f'{name} N={FIXED}']['images_per_s']:.0f} images/s "
-                f"({measured[f'{name} N={FIXED}']['refused']} refused): {ratios[name]:.3f}x"
+                f"({measured[f'{name} N={FIXED}']['refused']} refused): {ratios[name]:.3f}x, "
+                f"per service CPU second {cpu_ratios[name]:.3f}x"
                 for name, *_ in LOADS), flush=True)
 
     keys = list(rounds[0]["loads"])
     median = {key: {field: statistics.median(r["loads"][key][field] for r in rounds)
-                    for field in ("images_per_s", "rps", "p50_ms", "p95_ms", "p99_ms",
-                                  "mean_n_samples")}
+                    for field in ("images_per_s", "images_per_cpu_s", "rps", "p50_ms",
+                                  "p95_ms", "p99_ms", "mean_n_samples")}
               for key in keys}
     for key in keys:
         for count in ("failures", "refused"):
             median[key][count] = sum(r["loads"][key][count] for r in rounds)
-    ratios = {name: {"median": statistics.median(r["ratios"][name] for r in rounds),
-                     "min": min(r["ratios"][name] for r in rounds),
-                     "max": max(r["ratios"][name] for r in rounds)} for name, *_ in LOADS}
+    ratios, cpu_ratios = ({name: {"median": statistics.median(r[kind][name] for r in rounds),
+                                  "min": min(r[kind][name] for r in rounds),
+                                  "max": max(r[kind][name] for r in rounds)}
+                           for name, *_ in LOADS} for kind in ("ratios", "cpu_ratios"))
     targets = []
     for name, *_ in LOADS:
         auto, fixed, ratio = median[f"{name} N={AUTO}"], median[f"{name} N={FIXED}"], ratios[name]
@@ -156,15 +180,18 @@ def main(argv: list[str] | None = None) -> int:
                         f"{ratio['max']:.3f}) fixed N = ceil(auto's mean N "
                         f"{auto['mean_n_samples']:.2f})'s images/s (>= {TARGET}x, none refused; "
                         f"refused over the rounds: "
-                        f"auto {auto['refused']}, fixed {fixed['refused']})", met))
+                        f"auto {auto['refused']}, fixed {fixed['refused']}); per service CPU "
+                        f"second {cpu_ratios[name]['median']:.3f}x (rounds "
+                        f"{cpu_ratios[name]['min']:.3f} to {cpu_ratios[name]['max']:.3f})", met))
     print(f"\nmedians over {args.rounds} rounds of {args.duration:g} s per load")
-    print("\n| load | N | mean N used | images/s | p50 ms | p95 ms | p99 ms | refused "
-          "| failures |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| load | N | mean N used | images/s | images/CPU s | p50 ms | p95 ms | p99 ms "
+          "| refused | failures |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for key in keys:
         load, n = key.split(" N=")
         figures = median[key]
         print(f"| {load} | {n} | {figures['mean_n_samples']:.2f} | {figures['images_per_s']:.0f} "
+              f"| {figures['images_per_cpu_s']:.0f} "
               f"| {figures['p50_ms']:.1f} | {figures['p95_ms']:.1f} | {figures['p99_ms']:.1f} "
               f"| {figures['refused']} | {figures['failures']} |")
     print()
@@ -174,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         **origin, "model": args.model, "auto_schedule": list(card.auto_calibration.schedule),
         "batch_max_latency_ms": os.environ.get("UQ_BATCH_MAX_LATENCY_MS", "default"),
         "duration_s": args.duration, "rounds": rounds, "median": median, "ratios": ratios,
+        "cpu_ratios": cpu_ratios,
         "targets": [{"target": text, "met": met} for text, met in targets],
     }, indent=2))
     print(f"\nwrote {args.output}")
