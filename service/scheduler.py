@@ -24,12 +24,17 @@ Unseeded "auto" slices are batched continuously: a slice starts its sequential
 procedure (uncertainty.sequential.SequentialRun) in the round that takes it, and
 every round then draws the next round of every procedure under way, in one engine
 call: the first rounds of new slices beside the later rounds of older ones, whose
-few open instances would otherwise pay an engine call each. A work finishes when
-its last procedure ends. Later rounds are not held to the round's caps: they are
-work already admitted, and small (the instances still open after the first round,
+few open instances would otherwise pay an engine call each. A slice is answered once
+its instances have all stopped (not when its procedure's slowest instance does), and a
+work finishes with its last slice. Later rounds are not held to the round's caps: they
+are work already admitted, and small (the instances still open after the first round,
 about a sixth of them on the default model). While no request has arrived since the
-loop took the round, the engine thread draws the next one at once, without waiting for
-the event loop. Admission counts the later rounds among the rounds such a work needs.
+loop took the round, no queued work has a slice left and no work finished in it, the
+engine thread draws the next one at once, without waiting for the event loop; otherwise
+the loop takes the next round, so that the next first slices share its call (a later
+round alone, of a few open instances, pays an engine call's fixed cost for little work)
+and the finished works' answers go out (their clients' next requests then join too).
+Admission counts the later rounds among the rounds such a work needs.
 
 Admission, when a request arrives: refused (:class:`Overloaded`, 429) when the rows
 admitted and not yet drawn would pass ``max_queued_rows`` (an empty queue admits
@@ -145,10 +150,31 @@ class _AutoRun:
     pieces: list[tuple[Work, Slice]]
     x: np.ndarray  # [the slices' instances, *input_shape]
     run: SequentialRun
+    #: the slices not yet answered, each with its rows in the run (``x``) ``[instances]``
+    unanswered: list[tuple[Work, Slice, np.ndarray]] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        ends = np.cumsum([piece.instances for _, piece in self.pieces])
+        self.unanswered = [(work, piece, np.arange(end - piece.instances, end))
+                           for (work, piece), end in zip(self.pieces, ends, strict=True)]
 
     @property
     def works(self) -> list[Work]:
-        return [work for work, _ in self.pieces]
+        """The works of its unanswered slices."""
+        return [work for work, *_ in self.unanswered]
+
+    def take_stopped(self) -> list[tuple[Work, Slice, np.ndarray]]:
+        """The unanswered slices whose instances have all stopped, now answered."""
+        if not self.unanswered:
+            return []
+        # whether a row is open from each unanswered slice's first row to the next one's
+        # (the rows between, of answered slices, have all stopped)
+        starts = [int(rows[0]) for *_, rows in self.unanswered]
+        done = (~np.logical_or.reduceat(self.run.n_used == 0, starts)).tolist()
+        stopped = [entry for entry, ended in zip(self.unanswered, done, strict=True) if ended]
+        self.unanswered = [entry for entry, ended in zip(self.unanswered, done, strict=True)
+                           if not ended]
+        return stopped
 
 
 class _Drawn(NamedTuple):
@@ -186,8 +212,9 @@ class Scheduler:
         self._works: dict[Work, None] = {}  # admitted and unfinished, in arrival order
         self._round: _Round | None = None
         self._runs: list[_AutoRun] = []  # the engine thread's; read between rounds
-        #: works arrived since the loop last took a round (the engine thread reads it)
-        self._arrived = False
+        #: slices wait for a round: works arrived since the loop last took one, or queued
+        #: works it left out (the engine thread reads it)
+        self._slices_waiting = False
         self._long_last = False  # whether the last round held slices of long works
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="uq-engine")
         #: the event loop's lag, watched while the scheduler serves (requests' arrival
@@ -211,7 +238,7 @@ class Scheduler:
         for work in works:
             work.future = loop.create_future()
             self._works[work] = None
-        self._arrived = True
+        self._slices_waiting = True
         self._wake.set()
         try:
             results = [await work.future for work in works]
@@ -429,7 +456,6 @@ class Scheduler:
     def _next_round(self) -> list[tuple[Work, Slice]]:
         """The next slice of each queued work, in arrival order, within the round's caps;
         while short works (one slice) wait, every other round leaves the long ones out."""
-        self._arrived = False
         self._refuse_expired()
         for work in [work for work in self._works if work.cancelled]:
             self._works.pop(work)
@@ -451,6 +477,7 @@ class Scheduler:
             rows += piece.rows
             instances += piece.instances
         self._long_last = any(not work.short for work, _ in pieces)
+        self._slices_waiting = any(work.slices for work in self._works)
         return pieces
 
     def _refuse_expired(self) -> None:
@@ -490,7 +517,8 @@ class Scheduler:
                                     *(work for run in self._runs for work in run.works)]))
         if self._runs:
             rows += self._draw_auto_round()
-        while self._runs and not self._arrived:  # nothing new to share the call with
+        # on at once while no slice waits to share the call and no answer waits to go out
+        while self._runs and not self._slices_waiting and not any(work.done for work in works):
             rows += self._draw_auto_round()
         finished = [work for work in works if work.done and not work.cancelled]
         self._finish([work for work in finished if work.n_samples != AUTO])
@@ -518,8 +546,8 @@ class Scheduler:
 
     def _draw_auto_round(self) -> int:
         """One engine call for the next round of every "auto" run, each open instance
-        drawing its run's next count; then the predictions of the runs that end, those
-        with the same options together. Returns the engine rows drawn."""
+        drawing its run's next count; then the predictions of the slices whose instances
+        have all stopped. Returns the engine rows drawn."""
         runs = self._runs
         x = np.concatenate([run.x[run.run.active] for run in runs])
         counts = np.concatenate([np.full(len(run.run.active), run.run.next_count)
@@ -532,22 +560,30 @@ class Scheduler:
             run.run.advance(np.stack(arrays[offset:offset + opened], axis=1))
             offset += opened
         self._runs = [run for run in runs if not run.run.done]
-        ended: dict[tuple, list[_AutoRun]] = {}
+        self._answer_stopped(runs)
+        return int(counts.sum())
+
+    def _answer_stopped(self, runs: list[_AutoRun]) -> None:
+        """Predictions of the "auto" slices whose instances have all stopped, those with the
+        same options together: a slice's work need not wait for its run's slowest row."""
+        groups: dict[tuple, list[tuple[list[tuple[Work, Slice]], SequentialDraw]]] = {}
         for run in runs:
-            if run.run.done:
-                work = run.works[0]
-                ended.setdefault((work.risk_threshold, work.return_samples), []).append(run)
-        for (risk_threshold, return_samples), group in ended.items():
+            stopped = run.take_stopped()
+            if stopped:
+                work = stopped[0][0]
+                rows = np.concatenate([rows for *_, rows in stopped])
+                groups.setdefault((work.risk_threshold, work.return_samples), []).append(
+                    ([(work, piece) for work, piece, _ in stopped], run.run.result(rows)))
+        for (risk_threshold, return_samples), group in groups.items():
             predictions = self.predictor.auto_predictions(
-                SequentialDraw.joined([run.run.result() for run in group]), risk_threshold,
+                SequentialDraw.joined([draw for _, draw in group]), risk_threshold,
                 return_samples)
             offset = 0
-            for work, piece in (pair for run in group for pair in run.pieces):
+            for work, piece in (pair for pairs, _ in group for pair in pairs):
                 work.predictions[piece.start:piece.stop] = predictions[
                     offset:offset + piece.instances]
                 work.open_runs -= 1
                 offset += piece.instances
-        return int(counts.sum())
 
     def _draw_seeded(self, work: Work, piece: Slice) -> None:
         """A seeded slice, alone: its samples depend on its work and index only."""

@@ -303,10 +303,11 @@ class SequentialRun:
         self.round_index = 0
         self.active = np.arange(rows)  # [open rows] indices into the batch
         self._drawn: np.ndarray | None = None  # [n so far, open rows, classes]
-        self._parts: list[tuple[np.ndarray, UncertaintySummary]] = []
-        self._n_used = np.zeros(rows, dtype=np.int64)
+        #: per summary field, its values [rows, ...] for the rows stopped so far
+        self._summary: dict[str, np.ndarray] = {}
+        #: [rows] the samples each row used, 0 while it is open
+        self.n_used = np.zeros(rows, dtype=np.int64)
         self._samples: list[np.ndarray | None] = [None] * rows
-        self._active_rows: list[int] = []
 
     @property
     def done(self) -> bool:
@@ -327,26 +328,42 @@ class SequentialRun:
             raise ValueError(
                 f"expected samples [{self.next_count if not self.done else 0}, "
                 f"{len(self.active)}, classes] for the open rows, got {list(fresh.shape)}")
-        self._active_rows.append(len(self.active))
         drawn = fresh if self._drawn is None else np.concatenate([self._drawn, fresh])
         total = self.schedule[self.round_index]
         last = self.round_index == len(self.schedule) - 1
         stop = np.ones(len(self.active), dtype=bool) if last else self.rule.settled(drawn)
         if stop.any():
-            stopped = drawn[:, stop]
-            self._parts.append((self.active[stop], summarize(stopped)))
-            self._n_used[self.active[stop]] = total
-            for column, row in enumerate(self.active[stop].tolist()):
+            stopped, rows = drawn[:, stop], self.active[stop]
+            self._keep(rows, summarize(stopped))
+            self.n_used[rows] = total
+            for column, row in enumerate(rows.tolist()):
                 self._samples[row] = stopped[:, column]
             self.active, drawn = self.active[~stop], drawn[:, ~stop]
         self._drawn = drawn
         self.round_index += 1
 
-    def result(self) -> SequentialDraw:
-        if not self.done:
-            raise ValueError(f"{len(self.active)} rows are still open")
-        return SequentialDraw(summary=_scatter(self._parts, self.rows), n_samples=self._n_used,
-                              samples=self._samples, active_rows=self._active_rows)
+    def _keep(self, rows: np.ndarray, summary: UncertaintySummary) -> None:
+        """The summary of the rows that stopped (``rows`` ``[k]``, indices into the batch)."""
+        for field in dataclasses.fields(UncertaintySummary):
+            values = getattr(summary, field.name)  # [k, ...]
+            if field.name not in self._summary:
+                self._summary[field.name] = np.empty((self.rows, *values.shape[1:]),
+                                                     values.dtype)
+            self._summary[field.name][rows] = values
+
+    def result(self, rows: np.ndarray | None = None) -> SequentialDraw:
+        """The draw of ``rows`` (indices into the batch ``[k]``, each stopped; by default
+        every row, once ``done``): a caller may answer rows before the last ends."""
+        rows = np.arange(self.rows) if rows is None else np.asarray(rows)
+        if not self.n_used[rows].all():
+            raise ValueError(f"{int((self.n_used[rows] == 0).sum())} rows are still open")
+        n_used = self.n_used[rows]
+        return SequentialDraw(
+            summary=UncertaintySummary(**{name: values[rows]
+                                          for name, values in self._summary.items()}),
+            n_samples=n_used, samples=[self._samples[row] for row in rows.tolist()],
+            active_rows=[int(count) for count in ((n_used[None, :] >= np.array(
+                self.schedule)[:, None]).sum(axis=1)) if count])
 
 
 def run_sequential(

@@ -131,19 +131,58 @@ def test_auto_rounds_of_different_works_share_engine_calls(predictor, x, monkeyp
     first, second = Work(x[:3], "auto"), Work(x[3:7], "auto")
     for work in (first, second):
         lane._plan(work, "auto")
-    lane._arrived = True  # the second work arrives while the first's round is drawn
+    lane._slices_waiting = True  # the second work arrives while the first's round is drawn
     lane._draw([(first, first.slices.pop(0))])
     assert len(calls) == 1 and first.open_runs == 1
     lane._draw([(second, second.slices.pop(0))])
     assert calls[1] == [schedule[1] - schedule[0]] * 3 + [schedule[0]] * 4  # one shared call
     assert not first.done and not second.done
-    lane._arrived = False  # nothing new arrives: the engine thread draws every round left
-    lane._draw([])
-    assert len(calls) == len(schedule) + 1
+    lane._slices_waiting = False  # nothing waits: the engine thread draws on until an answer
+    assert lane._draw([]).finished == [first] and len(calls) == len(schedule)
+    assert lane._draw([]).finished == [second] and len(calls) == len(schedule) + 1
     for work in (first, second):
         assert work.done and len(work.predictions) == work.batch
         assert {p.n_samples for p in work.predictions} == {schedule[-1]}
         assert {p.risk.calibrated_n_samples for p in work.predictions} == {"auto"}
+
+
+class SettlesAllButTheLast:
+    """A stopping rule that keeps only the last open row going, to the cap."""
+
+    def settled(self, samples: np.ndarray) -> np.ndarray:
+        return np.arange(samples.shape[1]) < samples.shape[1] - 1
+
+
+def test_an_auto_slice_is_answered_once_its_instances_stop_and_waiting_slices_share_the_next_call(
+        predictor, x, monkeypatch):
+    """Slices that one round started share a procedure; a slice whose instances have all
+    stopped is answered at once, and while another work's slice waits, the engine thread
+    hands each round back so that the slice joins the next call."""
+    calls = []
+    sample_ragged = predictor.engine.sample_ragged
+
+    def counted(rows, counts, *args, **kwargs):
+        calls.append(list(counts))
+        return sample_ragged(rows, counts, *args, **kwargs)
+
+    schedule = predictor.auto.schedule
+    monkeypatch.setattr(predictor.engine, "sample_ragged", counted)
+    monkeypatch.setattr(predictor, "auto_run", lambda rows, risk_threshold=None: SequentialRun(
+        rows, SettlesAllButTheLast(), schedule))
+    lane = scheduler(predictor)
+    early, late, waiting = Work(x[:3], "auto"), Work(x[3:5], "auto"), Work(x[5:6], "auto")
+    for work in (early, late, waiting):
+        lane._plan(work, "auto")
+    lane._slices_waiting = True  # the third work's slice waits for the next round
+    drawn = lane._draw([(early, early.slices.pop(0)), (late, late.slices.pop(0))])
+    assert drawn.finished == [early] and len(calls) == 1  # one round, handed back
+    assert {p.n_samples for p in early.predictions} == {schedule[0]}
+    assert lane._draw([(waiting, waiting.slices.pop(0))]).finished == []
+    assert calls[1] == [schedule[1] - schedule[0], schedule[0]]  # late's last row, waiting's
+    lane._slices_waiting = False
+    assert lane._draw([]).finished == [late]  # on at once, until an answer: late's, at the cap
+    assert lane._draw([]).finished == [waiting] and len(calls) == len(schedule) + 1
+    assert [p.n_samples for p in late.predictions] == [schedule[0], schedule[-1]]
 
 
 @pytest.mark.parametrize("part", ["engine", "predictions"])
