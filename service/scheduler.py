@@ -278,13 +278,16 @@ class Scheduler:
         """Set the work's N and plan its slices, or raise Overloaded: with a budget, see
         :meth:`_choose_in_budget`; without one, its N is admitted while its first slice is
         predicted to start within ``max_latency`` of its arrival (its own engine time, a big
-        request's seconds, is its own)."""
+        request's seconds, is its own), and always by an idle engine: then nothing of ours
+        makes it wait (a busy event loop is the door's to refuse)."""
         if work.deadline is not None:
             self._choose_in_budget(work, ahead, now)
             return
         self._plan(work, work.n_samples)
         work.predicted_finish = now + self._predicted_seconds(
             self._rounds(work), work.remaining_rows, work.batch, ahead)
+        if self._idle(ahead):
+            return
         waited = now - work.arrived + self._start_seconds(work, ahead)
         if waited > self.max_latency:
             raise Overloaded(
@@ -314,12 +317,16 @@ class Scheduler:
                     n_samples == candidates[-1] or self._growth(work) <= slack):
                 work.budget_limited = n_samples != candidates[0]
                 return
-        if not self._works and self._round is None:  # idle: try the prediction; an answer
+        if self._idle(ahead):  # try the prediction; an answer
             work.budget_limited = choosing  # that comes late is still refused (run)
             return
         needed = (predicted + margin - work.arrived) * 1000
         raise Overloaded(f"{_budget(work)} cannot be met now, even at {work.n_samples} "
                          f"samples (about {needed:.0f} ms); retry later", self._drain_seconds())
+
+    def _idle(self, ahead: list) -> bool:
+        """Nothing ahead of a work being admitted, and no round in flight."""
+        return not ahead and self._round is None
 
     def _start_seconds(self, work: Work, ahead: list[tuple[float, float, int]]) -> float:
         """Seconds until the work's first slice is drawn: the round in flight, then the

@@ -281,9 +281,19 @@ def test_without_a_budget_work_is_refused_for_its_wait_never_for_its_own_engine_
     assert isinstance(results[4], Overloaded)
     assert "cannot start this request within 50 ms (UQ_BATCH_MAX_LATENCY_MS)" in (
         results[4].message)
-    # what it already waited before the scheduler saw it counts too
-    with pytest.raises(Overloaded, match="would wait about 60 ms"):
-        run(lane.run([Work(x[:1], 1, arrived=clock() - 0.060)]))
+
+    async def behind_a_queued_work():
+        queued = asyncio.ensure_future(lane.run([Work(x, 100, arrived=clock())]))
+        await asyncio.sleep(0)  # admitted, ahead of the next
+        with pytest.raises(Overloaded, match="would wait about"):
+            await lane.run([Work(x[:1], 1, arrived=clock() - 0.060)])
+        await queued
+
+    # what it already waited before the scheduler saw it counts too, when work is ahead
+    run(behind_a_queued_work())
+    # an idle engine admits it: nothing of the scheduler's would make it wait
+    [predictions] = run(lane.run([Work(x[:1], 1, arrived=clock() - 0.060)]))
+    assert len(predictions) == 1
 
 
 def test_a_budget_that_can_no_longer_be_met_is_refused_before_its_round(predictor, x):
