@@ -5,15 +5,16 @@ Two servers on loopback: the service (``bentoml serve``) and benchmarks.noop_ser
 (the same routes, the bodies read as BentoML reads any JSON body, a fixed answer). In each
 of R rounds:
 
-1. in-process: ``MCEngine.sample`` on a batch of C images at N: images per second, the
-   most the service could answer C one-image clients with;
-2. for each route (/predict with one image and with 64, /predict_batched with one image,
+1. for each route (/predict with one image and with 64, /predict_batched with one image,
    the Open Inference Protocol's infer with JSON and with binary data): closed-loop
    keep-alive clients (C, or ``--big-clients`` for 64 images) post the same bodies to the
    service, then to the no-op service, each for ``--seconds``. The worker's threads' CPU
    time (Linux's per-thread counters) is read before and after: the event loop's thread
    (the worker's main thread) and all the others (the engine thread, TensorFlow's, the
-   monitoring thread), each divided by the 200 answers.
+   monitoring thread), each divided by the 200 answers;
+2. in-process, just before and just after /predict_batched's load on the service:
+   ``MCEngine.sample`` on a batch of C images at N, images per second (their mean), the
+   most the service could answer C one-image clients with.
 
 Targets, on the medians over the rounds of the ratios measured within each round (every
 round and the spread are printed): single-image /predict_batched costs the event loop at
@@ -31,6 +32,7 @@ import json
 import os
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -106,19 +108,25 @@ def routes(images: np.ndarray, model: str, n_samples: int) -> dict[str, dict]:
     }
 
 
-def one_round(ports: dict[str, tuple[int, int]], table: dict[str, dict], engine_ips: float,
-              args) -> dict:
-    """Every route on the service, then on the no-op service: rows and ratios."""
-    rows = {}
+def one_round(ports: dict[str, tuple[int, int]], table: dict[str, dict],
+              engine_ips: Callable[[], float], args) -> dict:
+    """Every route on the service, then on the no-op service: rows and ratios; the engine's
+    images/s measured just before and just after /predict_batched's load (their mean), as
+    this machine's speed drifts within a round."""
+    rows, engine = {}, []
     for name, route in table.items():
         clients = args.big_clients if route.get("big") else args.clients
-        service, noop = (measured_load(*ports[side], route, clients, args.seconds)
-                         for side in ("service", "noop"))
+        if name == BATCHED:
+            engine.append(engine_ips())
+        service = measured_load(*ports["service"], route, clients, args.seconds)
+        if name == BATCHED:
+            engine.append(engine_ips())
+        noop = measured_load(*ports["noop"], route, clients, args.seconds)
         rows[name] = {"service": service, "noop": noop,
                       "loop_ratio": service["loop_us"] / noop["loop_us"]}
-    batched = rows[BATCHED]["service"]
-    return {"engine_images_per_s": engine_ips, "routes": rows,
-            "engine_ratio": batched["images_per_s"] / engine_ips}
+    engine_mean = statistics.mean(engine)
+    return {"engine_images_per_s": engine_mean, "routes": rows,
+            "engine_ratio": rows[BATCHED]["service"]["images_per_s"] / engine_mean}
 
 
 def describe(name: str, row: dict) -> str:
@@ -202,11 +210,13 @@ def main(argv: list[str] | None = None) -> int:
             ports[side] = (port, worker_pid(port))
             for route in table.values():  # warm every path
                 concurrent(port, route["path"], route["bodies"], 4, 1.0, route.get("headers"))
+        batch = images[:args.clients]
         for number in range(1, args.rounds + 1):
-            engine_ips = engine_images_per_second(engine, images[:args.clients],
-                                                  args.n_samples)
-            rounds.append(one_round(ports, table, engine_ips, args))
-            print(f"round {number}: engine {engine_ips:.0f} images/s, /predict_batched "
+            rounds.append(one_round(
+                ports, table, lambda: engine_images_per_second(engine, batch, args.n_samples),
+                args))
+            print(f"round {number}: engine {rounds[-1]['engine_images_per_s']:.0f} images/s, "
+                  "/predict_batched "
                   f"{rounds[-1]['engine_ratio']:.2f}x of it", flush=True)
             for name, row in rounds[-1]["routes"].items():
                 print(describe(name, row), flush=True)
