@@ -69,6 +69,8 @@ results-service: install
 		--duration 10 --rounds 5 --output $(RESULTS)/service.json
 	$(BIN)/python -m benchmarks.refusal_cost --model $(MODEL) \
 		--output $(RESULTS)/refusal_cost.json
+	$(BIN)/python -m benchmarks.loop_cost --model $(MODEL) --rounds 3 --seconds 5 \
+		--output $(RESULTS)/loop_cost.json
 	$(BIN)/python -m benchmarks.overload --serve --model $(MODEL) \
 		--output $(RESULTS)/overload.json
 

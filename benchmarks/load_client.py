@@ -129,9 +129,12 @@ def sequential(port: int, path: str, bodies: list[bytes], requests: int) -> dict
             **percentiles(latencies)}
 
 
-def concurrent(port: int, path: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
-    """``clients`` closed-loop clients for ``seconds``: ``rps`` counts the 200s only."""
-    payloads = [request_bytes(path, body) for body in bodies]
+def concurrent(port: int, path: str, bodies: list[bytes], clients: int, seconds: float,
+               headers: list[dict[str, str]] | None = None) -> dict:
+    """``clients`` closed-loop clients for ``seconds``: ``rps`` counts the 200s only.
+    ``headers``: each body's (default: a JSON Content-Type)."""
+    payloads = [request_bytes(path, body, headers[i] if headers else None)
+                for i, body in enumerate(bodies)]
     latencies: list[float] = []
     failed: list[int] = []
 

@@ -241,6 +241,31 @@ def http_service(results: dict) -> str:
                            "p95 ms", "p99 ms"], rows)
 
 
+@table("loop-cost")
+def loop_cost(results: dict) -> str:
+    """benchmarks.loop_cost's medians over its rounds, per route: the event loop's CPU per
+    200 answer against the no-op BentoML service's, the other threads', the rate."""
+    names = {"predict_1": "`/predict`, one image", "predict_64": "`/predict`, 64 images",
+             "batched": "`/predict_batched`, one image", "v2_json": "V2 infer, JSON",
+             "v2_binary": "V2 infer, binary"}
+    rows = []
+    for name, route in results["median"]["routes"].items():
+        ratio = route["loop_ratio"]
+        clients = results["big_clients"] if name == "predict_64" else results["clients"]
+        rows.append([names.get(name, name), clients, f"{route['loop_us']['median']:,.0f}",
+                     f"{route['noop_loop_us']['median']:,.0f}",
+                     f"{ratio['median']:.2f} ({ratio['min']:.2f} to {ratio['max']:.2f})",
+                     f"{route['other_us']['median']:,.0f}",
+                     f"{route['images_per_s']['median']:,.0f}", route["refused"]])
+    engine = results["median"]["engine_images_per_s"]
+    return markdown_table(
+        ["route", "clients", "event loop, us per answer", "no-op service, us",
+         "ratio (rounds' range)", "other threads, us", "images/s", "refused (429)"],
+        rows) + (f"\n\nIn-process engine, batches of {results['clients']}: "
+                 f"{engine['median']:,.0f} images/s ({engine['min']:,.0f} to "
+                 f"{engine['max']:,.0f} over the rounds).")
+
+
 @table("scoring")
 def scoring(results: dict) -> str:
     """uq-score against the engine, locally and on Ray (medians over the rounds)."""

@@ -30,22 +30,24 @@ class ServerError(Exception):
 
 
 @contextmanager
-def served(model: str, log_dir: Path) -> Iterator[str]:
+def served(model: str, log_dir: Path, service: str | None = None) -> Iterator[str]:
     """Run `bentoml serve` for ``model`` on a free loopback port; yields its URL.
-    The server's output goes to ``log_dir / "serve.log"``.
+    The server's output goes to ``log_dir / "serve.log"``. ``service``: another
+    service to serve (``module:Class``, a benchmark's baseline) than bentofile.yaml's.
 
     The server gets a BENTOML_HOME of its own that shares the model store: every
     `bentoml serve` empties its home's Prometheus directory, which would blank
     /metrics of a service already running on the same home."""
     port = free_port()
-    log_path = log_dir / "serve.log"
+    log_path = log_dir / ("serve.log" if service is None else f"serve-{service}.log")
     with tempfile.TemporaryDirectory(prefix="uq-serve-home-") as home, \
             open(log_path, "w") as log:
         store = bentoml_home() / "models"
         store.mkdir(parents=True, exist_ok=True)  # a dangling link would fail BentoML's makedirs
         os.symlink(store, Path(home) / "models")
         process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "bentoml", "serve", *([service] if service else []),
+             "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPOSITORY, env={**os.environ, "UQ_MODEL": model, "BENTOML_HOME": home},
             stdout=log, stderr=subprocess.STDOUT, process_group=0,
         )

@@ -1,7 +1,8 @@
 """Prometheus metrics, all prefixed ``uq_``; BentoML serves them at /metrics, beside
-its own ``bentoml_service_*`` request counts and durations. The routes record
-them around each predictor call (:func:`observe_predictions`); the service then hands
-the predictions to monitoring (service/monitoring.py: drift and the prediction log).
+its own ``bentoml_service_*`` request counts and durations. The service hands
+each request's predictions to monitoring (service/monitoring.py), whose background
+thread records them (:func:`observe_predictions`) beside drift and the prediction log,
+off the event loop; /metrics first records every prediction answered before it.
 Gauges keep the largest value of the live worker
 processes (``livemax``): Prometheus's multiprocess mode, which BentoML uses."""
 
@@ -108,12 +109,18 @@ def observe_predictions(endpoint: str, predictions: Sequence[Prediction], second
     """One request's predictions, drawn in ``seconds`` of engine rounds: flags, scores and
     sample counts."""
     ENGINE_SECONDS.observe(seconds)
-    PREDICTIONS.labels(endpoint).inc(len(predictions))
-    FLAGGED.labels(endpoint).inc(sum(p.risk.flagged for p in predictions))
+    _predictions(endpoint).inc(len(predictions))
+    _flagged(endpoint).inc(sum(p.risk.flagged for p in predictions))
     for reason in ("error_risk", "novelty"):
         count = sum(reason in p.risk.reasons for p in predictions)
         if count:
-            FLAG_REASONS.labels(endpoint, reason).inc(count)
+            _flag_reasons(endpoint, reason).inc(count)
     for prediction in predictions:
-        RISK_SCORE.labels(prediction.risk.metric).observe(prediction.risk.score)
+        _risk_score(prediction.risk.metric).observe(prediction.risk.score)
         N_SAMPLES.observe(prediction.n_samples)
+
+
+_predictions = functools.cache(PREDICTIONS.labels)
+_flagged = functools.cache(FLAGGED.labels)
+_flag_reasons = functools.cache(FLAG_REASONS.labels)
+_risk_score = functools.cache(RISK_SCORE.labels)

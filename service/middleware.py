@@ -17,6 +17,8 @@ reaches BentoML's per-request work.
   ``form_problem``).
 - Prediction requests pass the service's door (service/door.py): past its bound on
   requests in flight, 429 with ``Retry-After`` before BentoML parses the body.
+- ``GET /metrics`` first has the service record every prediction answered so far
+  (its metrics are recorded off the request's path: service/monitoring.py).
 - Every 4xx body, BentoML's own validation errors and 404s included, becomes
   ``{"error": "<field>: <what was expected>"}``; the probes and /metrics pass as
   they are.
@@ -38,7 +40,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON_ROUTES = ("/predict", "/predict_batched", "/metadata", "/generate", "/feedback", "/drift")
-PROBE_ROUTES = ("/livez", "/readyz", "/healthz", "/metrics")
+METRICS_ROUTE = "/metrics"
+PROBE_ROUTES = ("/livez", "/readyz", "/healthz", METRICS_ROUTE)
 #: The Open Inference Protocol app (service/oip/) checks and shapes its own requests.
 OWN_CHECKS_PREFIX = "/v2"
 MULTIPART_ROUTES = ("/predict_image",)
@@ -50,7 +53,8 @@ DRAIN_FACTOR, DRAIN_AT_LEAST = 4, 16 * 2**20
 
 
 class ServiceMiddleware:
-    """``service()`` returns the service instance: its readiness and its door."""
+    """``service()`` returns the service instance: its readiness, its door, its loop lag
+    and its metrics."""
 
     def __init__(self, app, max_body_bytes: int, service: Callable[[], Any]) -> None:
         self.app = app
@@ -60,6 +64,8 @@ class ServiceMiddleware:
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         path = scope.get("path")
+        if path == METRICS_ROUTE:
+            self.service().settle_metrics()
         if scope["type"] != "http" or path in PROBE_ROUTES:
             await self.app(scope, receive, send)
             return

@@ -1,10 +1,13 @@
-"""What happens to predictions after they are answered: the drift detector and the
-prediction log, off the request's path.
+"""What happens to predictions after they are answered: their metrics, the drift
+detector and the prediction log, off the request's path.
 
-The service hands each request's predictions to :meth:`Monitoring.observe` (and their
-counts to ``metrics.observe_predictions``); observe only queues them, and a background
-thread takes the queue every :data:`FLUSH_SECONDS`:
+The service hands each request's predictions to :meth:`Monitoring.observe`; observe only
+queues them, and a background thread takes the queue every :data:`FLUSH_SECONDS`:
 
+- Their metrics (``metrics.observe_predictions``: counts, flags, risk scores, samples,
+  engine seconds). :meth:`Monitoring.flush` drains the queue, and the service calls it
+  before each /metrics answer, so that /metrics counts every prediction answered before
+  it was asked.
 - The drift detector (:mod:`uncertainty.drift`) gets every prediction at a
   calibrated N except generated images' (``/generate``, not traffic), in the order
   answered (n_samples "auto" and N off the grid have no reference: skipped);
@@ -27,7 +30,8 @@ thread takes the queue every :data:`FLUSH_SECONDS`:
   BentoML's default monitors of a process share one logger (service/adapter.py).
 
 The queue holds at most :data:`QUEUE_LIMIT` predictor calls: beyond, calls are
-dropped from monitoring and counted (``uq_monitoring_dropped_total``).
+dropped from drift and the log and counted (``uq_monitoring_dropped_total``); their
+metrics are recorded at once.
 """
 
 from __future__ import annotations
@@ -101,10 +105,12 @@ class Monitoring:
     # --- on the request's path: queue only ----------------------------------------------
 
     def observe(self, endpoint: str, predictions: Sequence[Prediction], seconds: float,
-                inputs: np.ndarray | None = None) -> None:
-        """Queue one request's predictions, with the current request's id and, when given,
-        the inputs ``[batch, *input_shape]``."""
+                inputs: Sequence[np.ndarray] = ()) -> None:
+        """Queue one request's predictions, with the current request's id and the inputs:
+        arrays ``[batch, *input_shape]`` whose rows, in order, are the predictions' (kept
+        only when they are logged)."""
         if len(self.queue) >= QUEUE_LIMIT:
+            metrics.observe_predictions(endpoint, predictions, seconds)
             metrics.MONITORING_DROPPED.inc(len(predictions))
             return
         self.queue.append((endpoint, predictions, seconds,
@@ -133,6 +139,8 @@ class Monitoring:
                 calls.append(self.queue.popleft())
             if not calls:
                 return
+            for endpoint, predictions, seconds, *_ in calls:
+                metrics.observe_predictions(endpoint, predictions, seconds)
             if self.detector is not None:
                 self._feed_detector(calls)
             if self.log_predictions:
@@ -175,10 +183,12 @@ class Monitoring:
             self.log_predictions = False
 
     def _records(self, endpoint: str, predictions: Sequence[Prediction], seconds: float,
-                 request_id: str | None, inputs: np.ndarray | None) -> Iterator[list[tuple]]:
+                 request_id: str | None, inputs: Sequence[np.ndarray] | None
+                 ) -> Iterator[list[tuple]]:
         """The prediction log's records of one call: per prediction, (value, column, role,
         type) for each column (and the input, when logged)."""
         latency_ms = round(seconds * 1000, 3)
+        inputs = np.concatenate(inputs) if inputs else None
         for row, prediction in enumerate(predictions):
             risk = prediction.risk
             values = [

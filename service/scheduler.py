@@ -65,7 +65,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -185,6 +185,27 @@ class _Drawn(NamedTuple):
     works: list[Work]
 
 
+class _Ahead:
+    """The queued works as admission sees them: per work (in arrival order), its remaining
+    rows and the rows and instances of its next slice; with their totals, kept as works
+    are added, so that an admission reads them without summing the queue again."""
+
+    def __init__(self, works: Iterable[Work]) -> None:
+        self.entries: list[tuple[float, float, int]] = []
+        self.rows = self.slice_rows = 0.0
+        self.slice_instances = 0
+        for work in works:
+            first = work.slices[0] if work.slices else None
+            self.add(work.remaining_rows, first.rows if first else 0.0,
+                     first.instances if first else 0)
+
+    def add(self, rows: float, slice_rows: float, slice_instances: int) -> None:
+        self.entries.append((rows, slice_rows, slice_instances))
+        self.rows += rows
+        self.slice_rows += slice_rows
+        self.slice_instances += slice_instances
+
+
 @dataclasses.dataclass
 class _Round:
     started: float
@@ -259,22 +280,20 @@ class Scheduler:
 
     def _admit(self, works: Sequence[Work]) -> None:
         now = self.clock()
-        ahead = self._ahead()
-        queued = sum(rows for rows, _, _ in ahead)
+        ahead = _Ahead(self._works)
         for work in works:
             self._choose(work, ahead, now)
             self._delay_queued(work)
             rows = work.remaining_rows
-            if ahead and queued + rows > self.max_queued_rows:
+            if ahead.entries and ahead.rows + rows > self.max_queued_rows:
                 raise Overloaded(
-                    f"the service has {queued:.0f} engine rows queued and this request needs "
-                    f"{rows:.0f} more (UQ_MAX_QUEUED_ROWS={self.max_queued_rows}); retry later",
-                    self._drain_seconds(),
+                    f"the service has {ahead.rows:.0f} engine rows queued and this request "
+                    f"needs {rows:.0f} more (UQ_MAX_QUEUED_ROWS={self.max_queued_rows}); retry "
+                    "later", self._drain_seconds(),
                 )
-            ahead.append((rows, work.slices[0].rows, work.slices[0].instances))
-            queued += rows
+            ahead.add(rows, work.slices[0].rows, work.slices[0].instances)
 
-    def _choose(self, work: Work, ahead: list, now: float) -> None:
+    def _choose(self, work: Work, ahead: _Ahead, now: float) -> None:
         """Set the work's N and plan its slices, or raise Overloaded: with a budget, see
         :meth:`_choose_in_budget`; without one, its N is admitted while its first slice is
         predicted to start within ``max_latency`` of its arrival (its own engine time, a big
@@ -295,7 +314,7 @@ class Scheduler:
                 f"ms (UQ_BATCH_MAX_LATENCY_MS) now: it would wait about {waited * 1000:.0f} ms; "
                 "retry later", self._drain_seconds())
 
-    def _choose_in_budget(self, work: Work, ahead: list, now: float) -> None:
+    def _choose_in_budget(self, work: Work, ahead: _Ahead, now: float) -> None:
         """The largest of the work's choices predicted to finish by its deadline, the
         lateness counted, without making a queued budgeted work late; else Overloaded."""
         candidates = (work.n_samples,) if work.n_samples is not None else work.choices
@@ -324,16 +343,15 @@ class Scheduler:
         raise Overloaded(f"{_budget(work)} cannot be met now, even at {work.n_samples} "
                          f"samples (about {needed:.0f} ms); retry later", self._drain_seconds())
 
-    def _idle(self, ahead: list) -> bool:
+    def _idle(self, ahead: _Ahead) -> bool:
         """Nothing ahead of a work being admitted, and no round in flight."""
-        return not ahead and self._round is None
+        return not ahead.entries and self._round is None
 
-    def _start_seconds(self, work: Work, ahead: list[tuple[float, float, int]]) -> float:
+    def _start_seconds(self, work: Work, ahead: _Ahead) -> float:
         """Seconds until the work's first slice is drawn: the round in flight, then the
         rounds that the next slices of the queued works fill before the one it joins."""
         first = work.slices[0]
-        rows = sum(slice_rows for _, slice_rows, _ in ahead)
-        instances = sum(slice_instances for _, _, slice_instances in ahead)
+        rows, instances = ahead.slice_rows, ahead.slice_instances
         before = max(math.ceil((rows + first.rows) / self.max_rows),
                      math.ceil((instances + first.instances) / self.max_instances)) - 1
         return self._round_left() + self.costs.seconds(before, min(rows, before * self.max_rows))
@@ -387,16 +405,11 @@ class Scheduler:
         work.remaining_rows = sum(piece.rows for piece in work.slices)
         work.short = len(work.slices) == 1
 
-    def _ahead(self) -> list[tuple[float, float, int]]:
-        """Remaining rows, and rows and instances of the next slice, of each queued work."""
-        return [(work.remaining_rows, work.slices[0].rows if work.slices else 0.0,
-                 work.slices[0].instances if work.slices else 0) for work in self._works]
-
     def _predicted_seconds(self, slices: int, rows: float, instances: int,
-                           ahead: list[tuple[float, float, int]]) -> float:
+                           ahead: _Ahead) -> float:
         """Seconds until work of ``slices`` slices, ``rows`` rows and ``instances`` instances
-        would be drawn, after the round in flight and beside ``ahead`` (:meth:`_ahead`)."""
-        for remaining, slice_rows, slice_instances in ahead:
+        would be drawn, after the round in flight and beside ``ahead``."""
+        for remaining, slice_rows, slice_instances in ahead.entries:
             share = min(remaining, slices * slice_rows)
             rows += share
             instances += share / max(slice_rows, 1e-9) * slice_instances

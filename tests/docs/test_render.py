@@ -183,3 +183,19 @@ def test_the_service_table_shows_each_rate_with_its_spread_beside_its_refusals()
         "| engine in-process, one image |  |  | 2.08 |  |  |",
         "| `/predict`, one client |  | 0 | 4.64 | 5.90 | 6.80 |",
         "| `/predict`, 32 clients | 649 (610 to 703) | 12 | 44.1 | 60.2 | 72.3 |"]
+
+
+def test_the_loop_cost_table_shows_each_route_against_the_noop_service():
+    def spread(median, low, high):
+        return {"median": median, "min": low, "max": high}
+
+    route = {"loop_us": spread(537.4, 480.0, 741.0), "noop_loop_us": spread(425.0, 365.0, 443.0),
+             "other_us": spread(1514.2, 1478.0, 1687.0), "images_per_s": spread(210.4, 46, 483),
+             "loop_ratio": spread(1.32, 1.21, 1.74), "refused": 43, "failures": 43}
+    results = {"clients": 32, "big_clients": 4, "median": {
+        "engine_images_per_s": spread(225.0, 46.0, 759.0), "routes": {"batched": route}}}
+    lines = render.TABLES["loop-cost"](results).splitlines()
+    assert lines[2] == ("| `/predict_batched`, one image | 32 | 537 | 425 | 1.32 (1.21 to 1.74) "
+                        "| 1,514 | 210 | 43 |")
+    assert lines[-1] == ("In-process engine, batches of 32: 225 images/s (46 to 759 over the "
+                         "rounds).")

@@ -183,6 +183,20 @@ def test_metrics_count_requests_outcomes_and_flags(http, digits):
         assert name in metrics
 
 
+def test_metrics_count_every_prediction_answered_before_they_are_asked(http, digits):
+    """Predictions are recorded in the metrics off the request's path; /metrics still
+    counts every one answered before it."""
+    def predictions_counted() -> float:
+        for line in http.get("/metrics").text.splitlines():
+            if line.startswith('uq_predictions_total{endpoint="predict"} '):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = predictions_counted()
+    predict(http, digits[:3])
+    assert predictions_counted() == before + 3
+
+
 def test_the_middleware_answers_before_bentoml_sees_the_request(http):
     """What the middleware answers itself (here a 415) is counted in uq_requests_total
     and never reaches BentoML's app: its request metrics do not see it."""
