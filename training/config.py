@@ -122,9 +122,9 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, object]] = {
     "mlp": {},
     "cnn": {
-        "epochs": 15, "augment": True, "architecture": "cnn", "conv_filters": (32, 64, 128),
-        "conv_dropout": 0.0, "hidden_units": (256,), "input_dropout": 0.0,
-        "hidden_dropout": 0.5,
+        "epochs": 24, "augment": True, "architecture": "cnn", "conv_filters": (32, 64, 128),
+        "conv_dropout": 0.0, "batch_norm": True, "hidden_units": (256,),
+        "input_dropout": 0.25, "hidden_dropout": 0.4,
     },
 }
 

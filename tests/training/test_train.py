@@ -91,7 +91,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
 
 def test_presets_start_every_option_and_flags_override_them():
     default = parse_config([])
-    assert default.preset == "cnn" and default.augment and default.epochs == 15
+    assert default.preset == "cnn" and default.augment and default.epochs == 24
     assert default.model.architecture == "cnn" and default.model.conv_filters == (32, 64, 128)
     # the classic MLP preset is the configuration uq-train trained before presets
     assert parse_config(["--preset", "mlp"]) == TrainConfig()
