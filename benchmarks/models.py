@@ -30,6 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -279,8 +280,10 @@ def main(argv: list[str] | None = None) -> int:
                     if unknown else "--duration must be positive")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="uq-bench-models-"))  # logs and uq-train's reports
+    print(f"logs in {work}", flush=True)
     try:
-        report = compare(args.presets, args.rounds, args.duration, args.output.parent)
+        report = compare(args.presets, args.rounds, args.duration, work)
     except (RuntimeError, ServerError) as error:
         return fail(PROG, str(error))
     if {"cnn", "mlp"} <= set(report["presets"]):

@@ -51,7 +51,7 @@ class ModelConfig:
 
 OPTIMIZERS = ("nadam", "adam", "sgd")
 PRESET_NAMES = ("cnn", "mlp")
-DEFAULT_PRESET = "cnn"
+DEFAULT_PRESET = "mlp"
 SCHEDULES = ("onecycle", "exponential", "piecewise", "plateau")
 
 
@@ -115,8 +115,8 @@ class TrainConfig:
         return calibration_grid(self.calibration_samples, self.n_samples)
 
 
-#: uq-train's starting points, as option values over the defaults above. ``mlp``: the
-#: classic dropout + max-norm MLP on pixels, every layer sampled. ``cnn`` (the default):
+#: uq-train's starting points, as option values over the defaults above. ``mlp`` (the
+#: default): the classic dropout + max-norm MLP on pixels, every layer sampled. ``cnn``:
 #: three conv blocks computed once per input, then a dense head whose dropout the engine
 #: samples, trained on shifted images (docs/training.md compares the two).
 PRESETS: dict[str, dict[str, object]] = {

@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--preset", choices=PRESET_NAMES, default=None,
-        help=f"the starting point of every other option: cnn, a conv net with a sampled "
-        f"dense head trained on shifted images, or mlp, the classic MLP on "
-        f"pixels (default: {DEFAULT_PRESET}; the defaults shown below are its values)")
+        help=f"the starting point of every other option: mlp, the classic MLP on pixels, "
+        f"or cnn, a conv net with a sampled dense head trained on shifted images "
+        f"(default: {DEFAULT_PRESET}; the defaults shown below are its values)")
     add("--config", type=Path, help="TOML file of option values (flag names, - or _); "
         "flags given on the command line win")
     add("--dataset", default=defaults.dataset,
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--architecture", default=model_defaults.architecture, choices=ARCHITECTURES,
         help="(default: %(default)s)")
     add("--hidden-units", type=integers, default=model_defaults.hidden_units,
-        help="comma-separated Dense sizes (default: 256; mlp: 1024,1024)")
+        help="comma-separated Dense sizes (default: 1024,1024; cnn: 256)")
     add("--activation", default=model_defaults.activation, choices=ACTIVATIONS,
         help="selu uses LeCun initialisation and AlphaDropout (default: %(default)s)")
     add("--input-dropout", type=float, default=model_defaults.input_dropout,
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-norm", action=argparse.BooleanOptionalAction,
         default=model_defaults.batch_norm, help="(default: off)")
     add("--conv-filters", type=integers, default=model_defaults.conv_filters,
-        help="cnn: filters per conv block (default: 32,64,128)")
+        help="cnn: filters per conv block (the cnn preset: 32,64,128)")
     add("--conv-dropout", type=float, default=model_defaults.conv_dropout,
         help="cnn: SpatialDropout2D rate (default: %(default)s)")
     parser.set_defaults(**PRESETS[DEFAULT_PRESET])

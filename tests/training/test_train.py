@@ -13,8 +13,8 @@ from training.data import load_dataset
 from training.schedules import learning_rate_and_callbacks, make_optimizer
 from training.train import main, parse_config, train
 
-TINY = ["--dataset", "digits", "--conv-filters", "8,16", "--hidden-units", "64",
-        "--batch-size", "64", "--n-samples", "8", "--learning-rate", "0.01"]
+TINY = ["--dataset", "digits", "--hidden-units", "64", "--batch-size", "64", "--n-samples", "8",
+        "--learning-rate", "0.01"]
 
 
 def stored(name: str) -> list[str]:
@@ -22,7 +22,7 @@ def stored(name: str) -> list[str]:
 
 
 def test_uq_train_end_to_end_on_digits(tmp_path, capsys):
-    code = main([*TINY, "--epochs", "6", "--model-name", "uq-e2e",
+    code = main([*TINY, "--epochs", "4", "--model-name", "uq-e2e",
                  "--output-dir", str(tmp_path), "--risk-target-error", "0.1"])
     assert code == 0
     [tag] = stored("uq-e2e")
@@ -31,9 +31,8 @@ def test_uq_train_end_to_end_on_digits(tmp_path, capsys):
     card = bentoml.models.get(tag).info.metadata
     assert card["dataset"] == "digits" and card["input_shape"] == [8, 8]
     assert card["value_range"] == [0.0, 16.0] and card["default_n_samples"] == 8
-    # the default preset: a conv net on shifted images, its dense head's dropout sampled
-    assert card["architecture"] == "cnn" and card["training"]["augment"]
-    assert card["training"]["preset"] == "cnn" and card["dropout_rates"] == {"dropout_0": 0.5}
+    assert card["architecture"] == "mlp" and card["training"]["preset"] == "mlp"
+    assert set(card["dropout_rates"].values()) == {0.1, 0.4}
     assert card["risk_policy"]["metric"] in card["risk_policy"]["aurc_by_metric"]
     assert 0 < card["conformal_quantile"] <= 1
     # calibrated at the default grid and the default N, each with its own thresholds
@@ -45,7 +44,7 @@ def test_uq_train_end_to_end_on_digits(tmp_path, capsys):
     # one sample has no disagreement to measure: novelty is off (MI never exceeds ln 10)
     assert card["calibrations"][0]["novelty_policy"]["threshold"] == pytest.approx(np.log(10))
     mc = card["test_metrics"]["mc"]
-    assert mc["accuracy"] > 0.85  # 6 epochs on digits
+    assert mc["accuracy"] > 0.85  # 4 epochs on digits
     assert mc["selective_error"] <= mc["accuracy"] and 0 <= mc["flagged_fraction"] <= 1
     for name in ("metrics.json", "reliability.png", "risk_coverage.png",
                  "training_curves.png", "history.csv"):
@@ -89,15 +88,28 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
     assert len(stored("uq-resume")) == 1
 
 
+def test_the_cnn_preset_trains_a_conv_net_on_shifted_images(tmp_path):
+    code = main(["--preset", "cnn", *TINY, "--conv-filters", "8,16", "--epochs", "4",
+                 "--model-name", "uq-cnn", "--output-dir", str(tmp_path)])
+    assert code == 0
+    [tag] = stored("uq-cnn")
+    card = bentoml.models.get(tag).info.metadata
+    assert card["architecture"] == "cnn" and card["training"]["augment"]
+    assert card["training"]["model"]["conv_filters"] == [8, 16]
+    # dropout on the conv features and after the dense layer: the sampled head
+    assert card["dropout_rates"] == {"input_dropout": 0.25, "dropout_0": 0.4}
+    assert card["test_metrics"]["mc"]["accuracy"] > 0.7  # 4 epochs of shifted 8x8 digits
+
+
 def test_presets_start_every_option_and_flags_override_them():
-    default = parse_config([])
-    assert default.preset == "cnn" and default.augment and default.epochs == 24
-    assert default.model.architecture == "cnn" and default.model.conv_filters == (32, 64, 128)
-    # the classic MLP preset is the configuration uq-train trained before presets
-    assert parse_config(["--preset", "mlp"]) == TrainConfig()
-    tuned = parse_config(["--preset", "mlp", "--augment", "--hidden-units", "128"])
-    assert tuned.augment and tuned.model.hidden_units == (128,) and tuned.preset == "mlp"
-    assert tuned.model.architecture == "mlp" and tuned.epochs == 30
+    # the default, mlp, is the configuration uq-train trained before presets
+    assert parse_config([]) == parse_config(["--preset", "mlp"]) == TrainConfig()
+    cnn = parse_config(["--preset", "cnn"])
+    assert cnn.preset == "cnn" and cnn.augment and cnn.epochs == 24 and cnn.model.batch_norm
+    assert cnn.model.architecture == "cnn" and cnn.model.conv_filters == (32, 64, 128)
+    tuned = parse_config(["--preset", "cnn", "--no-augment", "--hidden-units", "128"])
+    assert not tuned.augment and tuned.model.hidden_units == (128,) and tuned.preset == "cnn"
+    assert tuned.model.architecture == "cnn" and tuned.epochs == 24
 
 
 def test_toml_config_with_flags_winning(tmp_path):
@@ -105,12 +117,12 @@ def test_toml_config_with_flags_winning(tmp_path):
     path.write_text('dataset = "digits"\nepochs = 7\nhidden-units = [64, 32]\n'
                     'max_norm = 2.5\nschedule = "piecewise"\n')
     config = parse_config(["--config", str(path), "--epochs", "2"])
-    assert config.dataset == "digits" and config.epochs == 2 and config.preset == "cnn"
+    assert config.dataset == "digits" and config.epochs == 2 and config.preset == "mlp"
     assert config.model.hidden_units == (64, 32) and config.model.max_norm_value == 2.5
     assert config.schedule == "piecewise"
-    path.write_text('preset = "mlp"\nepochs = 7\n')
+    path.write_text('preset = "cnn"\nepochs = 7\n')
     config = parse_config(["--config", str(path)])
-    assert config.preset == "mlp" and config.model.architecture == "mlp" and config.epochs == 7
+    assert config.preset == "cnn" and config.model.architecture == "cnn" and config.epochs == 7
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "exponential", "piecewise", "plateau"])
@@ -137,8 +149,9 @@ def test_every_schedule_and_optimizer_trains(tmp_path, schedule, optimizer):
         ([*TINY, "--epochs", "0"], "epochs must be >= 1"),
         ([*TINY, "--model-name", "Bad Name!"], "not a valid BentoML name"),
         ([*TINY, "--epochs", "many"], "invalid int value: 'many'"),
-        ([*TINY, "--dataset", "npz:{flat}"], "cnn architecture needs"),
-        ([*TINY, "--preset", "mlp", "--augment", "--dataset", "npz:{flat}"], "--augment needs"),
+        ([*TINY, "--architecture", "cnn", "--dataset", "npz:{flat}"], "cnn architecture needs"),
+        ([*TINY, "--preset", "cnn", "--dataset", "npz:{flat}"], "use --preset mlp"),
+        ([*TINY, "--augment", "--dataset", "npz:{flat}"], "--augment needs"),
         ([*TINY, "--preset", "vgg"], "invalid choice: 'vgg'"),
     ],
 )
