@@ -71,6 +71,8 @@ results-service: install
 		--output $(RESULTS)/refusal_cost.json
 	$(BIN)/python -m benchmarks.loop_cost --model $(MODEL) --rounds 3 --seconds 5 \
 		--output $(RESULTS)/loop_cost.json
+	$(BIN)/python -m benchmarks.admission --model $(MODEL) --rounds 3 \
+		--output $(RESULTS)/admission.json
 	$(BIN)/python -m benchmarks.overload --serve --model $(MODEL) \
 		--output $(RESULTS)/overload.json
 

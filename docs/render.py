@@ -270,14 +270,19 @@ def loop_cost(results: dict) -> str:
 def scoring(results: dict) -> str:
     """uq-score against the engine, locally and on Ray (medians over the rounds)."""
     median = results["median"]
-    wide = results["wide_model"]["median"]
+    model = results.get("model", "a tiny digits classifier")
+    rows = [[f"local runner, in-process ({model})",
+             f"{median['local_rows_per_second']:,.0f} rows/s = "
+             f"{median['local_vs_engine']:.2f}x the engine's "
+             f"{median['engine_rows_per_second']:,.0f} rows/s"]]
+    if results.get("wide_model"):
+        wide = results["wide_model"]["median"]
+        rows.append([f"the same with a wider model ({results['wide_model']['model']})",
+                     f"{wide['local_rows_per_second']:,.0f} against "
+                     f"{wide['engine_rows_per_second']:,.0f} rows/s = "
+                     f"{wide['local_vs_engine']:.2f}x"])
     return markdown_table(["measurement", "result"], [
-        ["local runner, in-process", f"{median['local_rows_per_second']:,.0f} rows/s = "
-         f"{median['local_vs_engine']:.2f}x the engine's "
-         f"{median['engine_rows_per_second']:,.0f} rows/s"],
-        [f"the same with a wider model ({results['wide_model']['model']})",
-         f"{wide['local_rows_per_second']:,.0f} against {wide['engine_rows_per_second']:,.0f}"
-         f" rows/s = {wide['local_vs_engine']:.2f}x"],
+        *rows,
         ["`uq-score` locally, whole command", f"{median['local_command_seconds']:.1f} s"],
         ["`uq-score --ray-address`, whole command", f"{median['ray_command_seconds']:.1f} s = "
          f"{median['ray_vs_local_time']:.2f}x the local time"],
@@ -300,8 +305,10 @@ def model_comparison(results: dict) -> str:
             for name, key in (("MC accuracy", "accuracy"), ("NLL", "nll"), ("ECE", "ece"),
                               ("Brier", "brier"))]
     for count in (10, 30, 100, "auto"):
-        rows.append(row(f"unflagged (error among them) at N={count}", lambda r, c=count: (
-            f"{at(r, c)['coverage']:.1%} ({at(r, c)['selective_error']:.4f})")))
+        rows.append(row(f"unflagged at N={count} (error among those not flagged for error "
+                        "risk)", lambda r, c=count: (
+                            f"{1 - at(r, c)['flagged_fraction']:.1%} "
+                            f"({at(r, c)['selective_error']:.4f})")))
     rows += [
         row('"auto": mean N used', lambda r: f"{at(r, 'auto')['mean_n_samples']:.1f}"),
         row(f"prediction sets at N={n}: coverage, mean size", lambda r: (
