@@ -43,6 +43,17 @@ def read_card(model_ref: bentoml.Model) -> ModelCard:
     return ModelCard.model_validate(metadata)
 
 
+def stored_card(tag: str) -> ModelCard:
+    """The card of the stored classifier ``tag``; ValueError (one line) when the store
+    has no such model."""
+    import bentoml
+
+    try:
+        return read_card(bentoml.models.get(tag))
+    except bentoml.exceptions.NotFound:
+        raise ValueError(f"model {tag!r} is not in the store ('bentoml models list')") from None
+
+
 def load_classifier(tag_or_ref: str | bentoml.Model) -> tuple[keras.Model, ModelCard, str]:
     """The Keras model, its card and its full tag, from a tag or a store entry."""
     model, model_ref = _load(tag_or_ref)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from artifacts.store import read_card
+from artifacts.store import stored_card
 from benchmarks.load_client import concurrent
 from commandline.arguments import OneLineErrorParser, fail
 from commandline.provenance import provenance
@@ -110,12 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_max_latency_ms:  # the served process inherits it
         os.environ["UQ_BATCH_MAX_LATENCY_MS"] = str(args.batch_max_latency_ms)
 
-    import bentoml
-
     try:
-        card = read_card(bentoml.models.get(args.model))
-    except bentoml.exceptions.NotFound:
-        return fail(parser.prog, f"model {args.model!r} is not in the store")
+        card = stored_card(args.model)
+    except ValueError as error:
+        return fail(parser.prog, str(error))
     if card.auto_calibration is None:
         return fail(parser.prog, f'{args.model} has no calibration of "auto": run '
                     f"uq-calibrate --model {args.model}")

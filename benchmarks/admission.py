@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from artifacts.store import read_card
+from artifacts.store import stored_card
 from benchmarks.http_service import InProcessEngine
 from benchmarks.load_client import Connection, header, request_bytes, status
 from commandline.arguments import OneLineErrorParser, fail
@@ -246,13 +246,10 @@ def main(argv: list[str] | None = None) -> int:
                      "--duration positive")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-    import bentoml
-
     try:
-        card = read_card(bentoml.models.get(args.model))
-    except bentoml.exceptions.NotFound:
-        return fail(parser.prog, f"model {args.model!r} is not in the store "
-                    "('bentoml models list')")
+        card = stored_card(args.model)
+    except ValueError as error:
+        return fail(parser.prog, str(error))
     images = load_dataset(card.dataset).x_test[:8 * args.batch]
     engine = InProcessEngine(args.model)
     loads = {

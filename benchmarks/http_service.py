@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from artifacts.store import load_classifier, read_card
+from artifacts.store import load_classifier, stored_card
 from benchmarks.load_client import concurrent, median_row, sequential
 from commandline.arguments import OneLineErrorParser, fail
 from commandline.provenance import provenance
@@ -87,13 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds and --concurrency must be at least 1, --duration positive")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-    import bentoml
-
     try:
-        card = read_card(bentoml.models.get(args.model))
-    except bentoml.exceptions.NotFound:
-        return fail(parser.prog, f"model {args.model!r} is not in the store "
-                    "('bentoml models list')")
+        card = stored_card(args.model)
+    except ValueError as error:
+        return fail(parser.prog, str(error))
     images = load_dataset(card.dataset).x_test[:200]
     engine = InProcessEngine(args.model)
     predict_bodies = request_bodies(images, "/predict", args.n_samples)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from artifacts.store import read_card
+from artifacts.store import stored_card
 from benchmarks.admission import engine_images_per_second, v2_binary_requests
 from benchmarks.http_service import InProcessEngine, v2_request_bodies
 from benchmarks.load_client import concurrent
@@ -190,13 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seconds must be positive")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-    import bentoml
-
     try:
-        card = read_card(bentoml.models.get(args.model))
-    except bentoml.exceptions.NotFound:
-        return fail(parser.prog, f"model {args.model!r} is not in the store "
-                    "('bentoml models list')")
+        card = stored_card(args.model)
+    except ValueError as error:
+        return fail(parser.prog, str(error))
     images = load_dataset(card.dataset).x_test[:256]
     engine = InProcessEngine(args.model)
     table = routes(images, args.model, args.n_samples)

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from artifacts.store import read_card
+from artifacts.store import stored_card
 from benchmarks.bare_refusal import bare_server
 from benchmarks.load_client import keep_alive_client, request_bytes
 from benchmarks.server_processes import server_tree
@@ -78,14 +78,12 @@ def main(argv: list[str] | None = None) -> int:
                         default=Path("benchmarks/results/refusal_cost.json"))
     args = parser.parse_args(argv)
     origin = provenance()  # before the run: the tree it measures
-    import bentoml
     import psutil
 
     try:
-        card = read_card(bentoml.models.get(args.model))
-    except bentoml.exceptions.NotFound:
-        return fail(parser.prog, f"model {args.model!r} is not in the store "
-                    "('bentoml models list')")
+        card = stored_card(args.model)
+    except ValueError as error:
+        return fail(parser.prog, str(error))
     body = one_image_body(card.dataset)
     service_request = request_bytes("/predict_batched", body, {"Content-Type": "text/plain"})
     bare_request = request_bytes("/predict_batched", body)
