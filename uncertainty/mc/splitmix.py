@@ -47,15 +47,7 @@ def random_uint16(key: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
 def random_uint16_rows(key: tf.Tensor, row_ids: tf.Tensor, row_shape: tf.Tensor) -> tf.Tensor:
     """Uniform uint16 values ``[len(row_ids), *row_shape]`` in which row ``r`` is a pure
     function of ``key`` and ``row_ids[r]`` (int32): rows with equal ids are equal."""
-    row_size = tf.reduce_prod(row_shape)
-    words_per_row = tf.cast((row_size + 3) // 4, tf.int64)
-    counters = (  # [rows, words_per_row]
-        tf.cast(row_ids, tf.int64)[:, None] * words_per_row
-        + tf.range(1, words_per_row + 1, dtype=tf.int64)
-    )
-    n_rows = tf.shape(row_ids)[:1]
-    values = tf.reshape(tf.bitcast(_hashes(key, counters), tf.uint16), tf.concat([n_rows, [-1]], 0))
-    return tf.reshape(values[:, :row_size], tf.concat([n_rows, row_shape], 0))
+    return _uint16_rows(key, row_ids, row_shape)
 
 
 def random_uint16_keyed_rows(
@@ -65,17 +57,22 @@ def random_uint16_keyed_rows(
     its own key ``row_keys[r]`` (uint64) and counter ``row_counters[r]`` (int32): the
     words ``splitmix64(key + (counter * words_per_row + j + 1) * gamma)``, ``j`` from 0.
     With every key equal this is ``random_uint16_rows`` of the counters."""
+    return _uint16_rows(row_keys[:, None], row_counters, row_shape)
+
+
+def _uint16_rows(keys: tf.Tensor, row_counters: tf.Tensor, row_shape: tf.Tensor) -> tf.Tensor:
+    """Rows ``[R, *row_shape]`` of 16-bit parts of ``_hashes(keys, counters)``, ``keys`` a
+    uint64 scalar or ``[R, 1]`` (one per row), row ``r``'s counters
+    ``row_counters[r] * words_per_row + 1`` onwards."""
     row_size = tf.reduce_prod(row_shape)
     words_per_row = tf.cast((row_size + 3) // 4, tf.int64)
-    counters = (  # [rows, words_per_row]
+    counters = (  # [R, words_per_row]
         tf.cast(row_counters, tf.int64)[:, None] * words_per_row
         + tf.range(1, words_per_row + 1, dtype=tf.int64)
     )
     n_rows = tf.shape(row_counters)[:1]
-    hashes = _splitmix64(
-        row_keys[:, None] + tf.cast(counters, tf.uint64) * tf.constant(SPLITMIX_GAMMA, tf.uint64)
-    )
-    values = tf.reshape(tf.bitcast(hashes, tf.uint16), tf.concat([n_rows, [-1]], 0))
+    words = tf.bitcast(_hashes(keys, counters), tf.uint16)  # [R, words_per_row, 4]
+    values = tf.reshape(words, tf.concat([n_rows, [-1]], 0))
     return tf.reshape(values[:, :row_size], tf.concat([n_rows, row_shape], 0))
 
 
