@@ -113,9 +113,9 @@ class SettlesNothing:
         return np.zeros(samples.shape[1], dtype=bool)
 
 
-def test_auto_rounds_of_different_works_share_engine_calls(predictor, x, monkeypatch):
-    """A work that arrives while another's procedure is under way draws its first round
-    in the call that draws the other's next round; each finishes with its own rows."""
+def auto_lane(predictor, monkeypatch, rule):
+    """A scheduler whose "auto" runs stop by ``rule``; the counts of every engine call go
+    to ``calls``. Returns (scheduler, calls, the round schedule)."""
     calls = []
     sample_ragged = predictor.engine.sample_ragged
 
@@ -126,8 +126,14 @@ def test_auto_rounds_of_different_works_share_engine_calls(predictor, x, monkeyp
     schedule = predictor.auto.schedule
     monkeypatch.setattr(predictor.engine, "sample_ragged", counted)
     monkeypatch.setattr(predictor, "auto_run", lambda rows, risk_threshold=None: SequentialRun(
-        rows, SettlesNothing(), schedule))
-    lane = scheduler(predictor)
+        rows, rule, schedule))
+    return scheduler(predictor), calls, schedule
+
+
+def test_auto_rounds_of_different_works_share_engine_calls(predictor, x, monkeypatch):
+    """A work that arrives while another's procedure is under way draws its first round
+    in the call that draws the other's next round; each finishes with its own rows."""
+    lane, calls, schedule = auto_lane(predictor, monkeypatch, SettlesNothing())
     first, second = Work(x[:3], "auto"), Work(x[3:7], "auto")
     for work in (first, second):
         lane._plan(work, "auto")
@@ -158,18 +164,7 @@ def test_an_auto_slice_is_answered_once_its_instances_stop_and_waiting_slices_sh
     """Slices that one round started share a procedure; a slice whose instances have all
     stopped is answered at once, and while another work's slice waits, the engine thread
     hands each round back so that the slice joins the next call."""
-    calls = []
-    sample_ragged = predictor.engine.sample_ragged
-
-    def counted(rows, counts, *args, **kwargs):
-        calls.append(list(counts))
-        return sample_ragged(rows, counts, *args, **kwargs)
-
-    schedule = predictor.auto.schedule
-    monkeypatch.setattr(predictor.engine, "sample_ragged", counted)
-    monkeypatch.setattr(predictor, "auto_run", lambda rows, risk_threshold=None: SequentialRun(
-        rows, SettlesAllButTheLast(), schedule))
-    lane = scheduler(predictor)
+    lane, calls, schedule = auto_lane(predictor, monkeypatch, SettlesAllButTheLast())
     early, late, waiting = Work(x[:3], "auto"), Work(x[3:5], "auto"), Work(x[5:6], "auto")
     for work in (early, late, waiting):
         lane._plan(work, "auto")
