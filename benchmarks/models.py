@@ -159,9 +159,8 @@ def judge(url: str, dataset, shifted: dict[str, np.ndarray]) -> dict[str, Any]:
                   f"{shifted_rows[name]['auroc']}", flush=True)
     errors = np.array([a["label"] for a in test_at_speed_n]) != dataset.y_test
     policy_metric = card["risk_policy"]["metric"]
-    curve = metrics.risk_coverage_curve(scores(test_at_speed_n)[policy_metric]
-                                        if policy_metric in SCORES else
-                                        scores(test_at_speed_n)["one_minus_confidence"], errors)
+    ranking = inside.get(policy_metric, inside["one_minus_confidence"])  # [rows]
+    curve = metrics.risk_coverage_curve(ranking, errors)
     return {"by_n_samples": by_n, "shifted": shifted_rows, "risk_metric": policy_metric,
             "risk_coverage": {"coverage": curve.coverage.tolist()[::20],
                               "risk": curve.risk.tolist()[::20]}}

@@ -292,14 +292,12 @@ def scoring(results: dict) -> str:
 @table("model-comparison")
 def model_comparison(results: dict) -> str:
     """benchmarks.models: uq-train's presets side by side, through HTTP."""
+    from benchmarks.models import at
     presets = results["presets"]
     n = results["speed_n_samples"]
 
     def row(name: str, figure: Callable[[dict], str]) -> list[str]:
         return [name, *(figure(result) for result in presets.values())]
-
-    def at(result: dict, n_samples) -> dict:
-        return next(r for r in result["by_n_samples"] if r["n_samples"] == n_samples)
 
     rows = [row(f"{name} at N={n}", lambda r, key=key: f"{at(r, n)[key]:.4f}")
             for name, key in (("MC accuracy", "accuracy"), ("NLL", "nll"), ("ECE", "ece"),
