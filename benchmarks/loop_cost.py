@@ -38,7 +38,11 @@ from pathlib import Path
 import numpy as np
 
 from artifacts.store import stored_card
-from benchmarks.admission import engine_images_per_second, v2_binary_requests
+from benchmarks.admission import (
+    engine_images_per_second,
+    predict_requests,
+    v2_binary_requests,
+)
 from benchmarks.http_service import InProcessEngine, v2_request_bodies
 from benchmarks.load_client import concurrent
 from benchmarks.server_processes import server_tree
@@ -98,8 +102,7 @@ def routes(images: np.ndarray, model: str, n_samples: int) -> dict[str, dict]:
         "predict_1": {"path": "/predict", "images": 1,
                       "bodies": request_bodies(images, "/predict", n_samples)},
         "predict_64": {"path": "/predict", "images": 64, "big": True, "bodies": [
-            json.dumps({"instances": images[i:i + 64].tolist(), "n_samples": n_samples})
-            .encode() for i in range(0, len(images) - 63, 64)]},
+            body for body, _ in predict_requests(images, 64, n_samples)]},
         BATCHED: {"path": "/predict_batched", "images": 1,
                   "bodies": request_bodies(images, "/predict_batched", n_samples)},
         "v2_json": {"path": v2_path, "images": 1, "bodies": v2_request_bodies(images, n_samples)},

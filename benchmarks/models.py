@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.admission import predict_requests
 from benchmarks.load_client import concurrent, sequential
 from commandline.arguments import OneLineErrorParser, fail, integer_at_least
 from commandline.provenance import provenance
@@ -169,9 +170,7 @@ def judge(url: str, dataset, shifted: dict[str, np.ndarray]) -> dict[str, Any]:
 def speed(url: str, images: np.ndarray, rounds: int, seconds: float) -> dict[str, Any]:
     """Step 3: images/s under load and one image's p50, over ``rounds`` rounds."""
     port = int(url.rsplit(":", 1)[1])
-    load_bodies = [json.dumps({"instances": images[start : start + LOAD_INSTANCES].tolist(),
-                               "n_samples": SPEED_N}).encode()
-                   for start in range(0, len(images) - LOAD_INSTANCES + 1, LOAD_INSTANCES)]
+    load_bodies = [body for body, _ in predict_requests(images, LOAD_INSTANCES, SPEED_N)]
     one_bodies = [json.dumps({"instances": [image.tolist()], "n_samples": SPEED_N}).encode()
                   for image in images[:100]]
     concurrent(port, "/predict", load_bodies, LOAD_CLIENTS, 3.0)  # warm the path
