@@ -32,23 +32,29 @@ def augmented_batches(
                          f"shape {list(x.shape[1:])}")
     shape = x.shape[1:]
     images = x if x.ndim == 4 else x[..., None]  # [n, H, W, C]
-    rows, columns = max_shift(images.shape[1]), max_shift(images.shape[2])
-    padding = [[rows, rows], [columns, columns], [0, 0]]
+    height, width = images.shape[1:3]
+    rows, columns = max_shift(height), max_shift(width)
+    padding = [[0, 0], [rows, rows], [columns, columns], [0, 0]]
 
-    def augment(pair: tuple[tf.Tensor, tf.Tensor], key: tf.Tensor):
-        image, label = pair
-        uniform = tf.random.stateless_uniform([2], key)  # [2] in [0, 1)
-        offsets = tf.cast(uniform * [2 * rows + 1, 2 * columns + 1], tf.int32)
-        padded = tf.pad(image, padding, constant_values=background)
-        window = tf.slice(padded, tf.concat([offsets, [0]], axis=0), images.shape[1:])
-        return tf.reshape(window, shape), label
+    def augment(batch: tuple[tf.Tensor, tf.Tensor], key: tf.Tensor):
+        """A whole batch at once (one gather per axis): per image, a window of the padded
+        image at its own offset."""
+        image, label = batch  # [b, H, W, C], [b, ...]
+        count = tf.shape(image)[0]
+        uniform = tf.random.stateless_uniform(tf.stack([count, 2]), key)  # [b, 2] in [0, 1)
+        offsets = tf.cast(uniform * [2 * rows + 1, 2 * columns + 1], tf.int32)  # [b, 2]
+        padded = tf.pad(image, padding, constant_values=background)  # [b, H+2r, W+2c, C]
+        window_rows = offsets[:, :1] + tf.range(height)  # [b, H]
+        window_columns = offsets[:, 1:] + tf.range(width)  # [b, W]
+        window = tf.gather(padded, window_rows, axis=1, batch_dims=1)  # [b, H, W+2c, C]
+        window = tf.gather(window, window_columns, axis=2, batch_dims=1)  # [b, H, W, C]
+        return tf.reshape(window, tf.concat([[count], shape], axis=0)), label
 
-    pairs = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), y)).shuffle(
-        len(images), seed=seed, reshuffle_each_iteration=True)
+    batches = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), y)).shuffle(
+        len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     return (
-        tf.data.Dataset.zip((pairs, keys))
+        tf.data.Dataset.zip((batches, keys))
         .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
