@@ -12,16 +12,11 @@ import numpy as np
 
 from training.config import ModelConfig
 
-#: How each architecture's training step is compiled (``model.compile`` options), as
-#: measured on the 2-core machine, steps of 128. The MLP: with XLA (18 ms a step, 26
-#: without), one step per call. The conv net: without XLA, whose CPU code was slower
-#: than the convolutions oneDNN runs on both cores, and 8 steps per call: one step per
-#: call ran at about 50 ms a step in some epochs and 85 ms, on one core, in others (8 of 8
-#: timed runs of 8 steps per call at 49-60 ms, on 1.8 cores).
-TRAINING_STEP: dict[str, dict[str, object]] = {
-    "mlp": {"jit_compile": "auto", "steps_per_execution": 1},
-    "cnn": {"jit_compile": False, "steps_per_execution": 8},
-}
+#: Whether the training step is compiled with XLA, per architecture: XLA's CPU code was
+#: faster for the MLP (18 against 26 ms a step of 128 on the 2-core machine) and slower
+#: for the conv net, whose convolutions oneDNN runs on both cores (50-57 ms a step
+#: without XLA; 63-85 ms with it, often on one core).
+TRAIN_WITH_XLA = {"mlp": "auto", "cnn": False}
 
 #: Floor on each feature's variance after rescaling to [0, 1]: a pixel that is
 #: (nearly) constant in training must not turn a small change into a huge input.

@@ -202,7 +202,7 @@ def train(config: TrainConfig, dataset: Dataset, callbacks: tuple = ()) -> Train
 
     # import TensorFlow: uq-train's arguments are checked first
     from training.augment import augmented_batches
-    from training.models import TRAINING_STEP, build_model
+    from training.models import TRAIN_WITH_XLA, build_model
     from training.schedules import learning_rate_and_callbacks, make_optimizer
 
     keras.utils.set_random_seed(config.seed)
@@ -215,7 +215,7 @@ def train(config: TrainConfig, dataset: Dataset, callbacks: tuple = ()) -> Train
         optimizer=make_optimizer(config, learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
-        **TRAINING_STEP[config.model.architecture],
+        jit_compile=TRAIN_WITH_XLA[config.model.architecture],
     )
     one_hot = np.eye(dataset.num_classes, dtype=np.float32)
     started = time.perf_counter()
