@@ -14,8 +14,9 @@ from training.config import ModelConfig
 
 #: Whether the training step is compiled with XLA, per architecture: XLA's CPU code was
 #: faster for the MLP (18 against 26 ms a step of 128 on the 2-core machine) and slower
-#: for the conv net, whose convolutions oneDNN runs on both cores (50-57 ms a step
-#: without XLA; 63-85 ms with it, often on one core).
+#: for the conv net, whose convolutions oneDNN runs on both cores (about 50 ms a step
+#: without XLA, 63-68 ms with it). Either way, some epochs of the conv net run at about
+#: 85 ms a step on one core (a quarter of them without XLA); why is not known.
 TRAIN_WITH_XLA = {"mlp": "auto", "cnn": False}
 
 #: Floor on each feature's variance after rescaling to [0, 1]: a pixel that is
