@@ -3,6 +3,7 @@ test run's tiny classifier and the one real ``bentoml serve`` on loopback."""
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ SERVICE_ENV = {
 os.environ.update(SERVICE_ENV)
 REPOSITORY = Path(__file__).resolve().parents[1]
 
+import absl.logging  # noqa: E402
 import httpx  # noqa: E402
 import keras  # noqa: E402
 import pytest  # noqa: E402
@@ -38,6 +40,14 @@ from training.config import ModelConfig, TrainConfig  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 from training.train import train  # noqa: E402
 from training.train_gan import GanConfig, train_gan  # noqa: E402
+
+# TensorFlow's absl log handler writes to the sys.stderr of its import: here pytest's
+# capture file. Configuring logging again closes every handler, and absl's closes its
+# stream unless it is sys.stderr at that moment; BentoML's prediction log configures
+# logging from the service's monitoring thread, at any moment, also while pytest has
+# its capture swapped out: pytest then died writing to its closed capture file ("lost
+# sys.stderr"). The process's own stderr is one absl never closes.
+absl.logging.get_absl_handler().python_handler.setStream(sys.__stderr__)
 
 
 @pytest.fixture(autouse=True)

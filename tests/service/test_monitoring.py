@@ -1,7 +1,10 @@
 """Request ids, feedback, drift and the prediction log, against the service in this process."""
 
+import io
 import json
+import logging.config
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -251,3 +254,20 @@ def test_predictions_of_n_samples_auto_are_not_fed_to_the_detector(client):
     after = monitoring.drift_state()
     assert after["skipped"] == before["skipped"] + 1
     assert after["observed"] == before["observed"]
+
+
+def test_configuring_logging_again_closes_no_stream_of_the_test_run():
+    """The prediction log configures logging again from the monitoring thread, whatever
+    pytest is doing then: with its capture swapped out, absl's log handler, which the
+    configuration closes, must not close the stream it writes to (tests/conftest.py)."""
+    import absl.logging
+
+    stream = absl.logging.get_absl_handler().python_handler.stream
+    saved = sys.stderr
+    sys.stderr = io.StringIO()  # as while pytest's capture is swapped out
+    try:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+    finally:
+        sys.stderr = saved
+    assert not stream.closed
+
