@@ -18,8 +18,7 @@ lint: install
 	$(BIN)/ruff check .
 
 # tests/service/test_adapter.py runs in a process of its own: it serves a probe service of
-# BentoML's beside none of ours, and BentoML keeps one current service per process (in the
-# same process as the rest, a run died now and then with its output streams closed).
+# BentoML's beside none of ours, and BentoML keeps one current service per process.
 test: lint
 	$(BIN)/python -m pytest --ignore=tests/service/test_adapter.py
 	$(BIN)/python -m pytest tests/service/test_adapter.py
