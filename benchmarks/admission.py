@@ -36,13 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from artifacts.store import stored_card
-from benchmarks.http_service import InProcessEngine
+from benchmarks.http_service import InProcessEngine, stored_test_images
 from benchmarks.load_client import Connection, header, request_bytes, status
 from commandline.arguments import OneLineErrorParser, fail
 from commandline.provenance import provenance
 from loadtest.server import served
-from training.data import load_dataset
 
 REFUSED = 429
 CLIENT_KINDS = ("raw", "aiohttp")
@@ -247,10 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     try:
-        card = stored_card(args.model)
+        images = stored_test_images(args.model, 8 * args.batch)
     except ValueError as error:
         return fail(parser.prog, str(error))
-    images = load_dataset(card.dataset).x_test[:8 * args.batch]
     engine = InProcessEngine(args.model)
     loads = {
         "predict": ("/predict", predict_requests(images, args.batch, args.n_samples)),

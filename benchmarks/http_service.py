@@ -39,6 +39,13 @@ from loadtest.server import served
 from training.data import load_dataset
 
 
+def stored_test_images(tag: str, rows: int) -> np.ndarray:
+    """The first ``rows`` test images ``[rows, *input_shape]`` of the dataset the stored
+    classifier ``tag`` was trained on; ValueError (one line) when the store has no such
+    model."""
+    return load_dataset(stored_card(tag).dataset).x_test[:rows]
+
+
 class InProcessEngine:
     """The served model's engine in this process: the floor for /predict."""
 
@@ -88,10 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     try:
-        card = stored_card(args.model)
+        images = stored_test_images(args.model, 200)
     except ValueError as error:
         return fail(parser.prog, str(error))
-    images = load_dataset(card.dataset).x_test[:200]
     engine = InProcessEngine(args.model)
     predict_bodies = request_bodies(images, "/predict", args.n_samples)
     v2_path = f"/v2/models/{args.model.split(':')[0]}/infer"

@@ -37,20 +37,18 @@ from pathlib import Path
 
 import numpy as np
 
-from artifacts.store import stored_card
 from benchmarks.admission import (
     engine_images_per_second,
     predict_requests,
     v2_binary_requests,
 )
-from benchmarks.http_service import InProcessEngine, v2_request_bodies
+from benchmarks.http_service import InProcessEngine, stored_test_images, v2_request_bodies
 from benchmarks.load_client import concurrent
 from benchmarks.server_processes import server_tree
 from commandline.arguments import OneLineErrorParser, fail, positive_integer
 from commandline.provenance import provenance
 from loadtest.contract import request_bodies
 from loadtest.server import served
-from training.data import load_dataset
 
 NOOP_SERVICE = "benchmarks.noop_service:NoopService"
 #: the targets: the loop's CPU per answer against the no-op service's, images/s against
@@ -194,10 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     try:
-        card = stored_card(args.model)
+        images = stored_test_images(args.model, 256)
     except ValueError as error:
         return fail(parser.prog, str(error))
-    images = load_dataset(card.dataset).x_test[:256]
     engine = InProcessEngine(args.model)
     table = routes(images, args.model, args.n_samples)
     args.output.parent.mkdir(parents=True, exist_ok=True)
