@@ -292,7 +292,7 @@ def scoring(results: dict) -> str:
 @table("model-comparison")
 def model_comparison(results: dict) -> str:
     """benchmarks.models: uq-train's presets side by side, through HTTP."""
-    from benchmarks.models import at
+    from benchmarks.models import at, best_auroc
     presets = results["presets"]
     n = results["speed_n_samples"]
 
@@ -313,7 +313,7 @@ def model_comparison(results: dict) -> str:
             f"{at(r, n)['conformal_coverage']:.3f}, {at(r, n)['conformal_mean_set_size']:.2f}")),
         *(row(f"{name.replace('_', ' ')}: flagged, best AUROC (MI's)", lambda r, s=name: (
             f"{r['shifted'][s]['flagged_fraction']:.1%}, "
-            f"{max(r['shifted'][s]['auroc'].values()):.3f} "
+            f"{best_auroc(r, s):.3f} "
             f"({r['shifted'][s]['auroc']['mutual_information']:.3f})"))
           for name in next(iter(presets.values()))["shifted"]),
         row("training and calibration",
