@@ -5,20 +5,29 @@ interleaved with small ones.
 Work: one request's (or one batched item's) instances ``x`` ``[batch, *input_shape]``
 at one ``n_samples``. Its engine rows (batch x N, instance-major) are cut into
 slices of at most :data:`SLICE_ROWS` rows, a fixed function of the request alone:
-whole instances when N fits a slice, else one instance's samples in nearly equal
-parts. "auto" is sliced by instances, as many as its first round's samples fit
-(64 at 8 samples), and priced at its mean N on the calibration split.
+whole instances when N fits a slice, in as few slices of nearly equal size as fit
+(64 instances at N=30: four of 16, so that the slices of four such works fill a
+round of 64 instances), else one instance's samples in nearly equal parts. "auto"
+is sliced by instances, as many as its first round's samples fit (64 at 8
+samples), and priced at its mean N on the calibration split.
 
 Rounds: while the engine thread draws one round, requests queue; the next round
 takes the next slice of each queued work in arrival order, as long as the round
 stays within ``max_rows`` rows and ``max_instances`` instances (a work that does
-not fit waits a round; the first always fits). While short works (a single
-slice) wait, a round with slices of long works is followed by one without: a
-small request waits for at most one slice of each big one, and big ones still
-get every other round. Unseeded fixed-N slices of every work share one engine
-call; seeded slices run as calls of their own, slice ``k`` with a seed derived from
-the request's seed and ``k`` (slice 0: the seed itself), so that the same seed gives
-the same answer whatever else is queued.
+not fit waits a round; the first always fits), then fills what room is left with
+further slices of the works in arrival order. Rounds are full whenever work is
+queued, and works finish one after another, the oldest first, rather than all in
+the same round: their clients' next requests then arrive while the engine draws
+the others, instead of in a wave that finds the engine idle and fills a small
+round (4 clients x 64 images at N=30 filled rounds of 1,536 rows on average, not
+the 1,920 rows of their slices). While short works (a single slice) wait, a round
+with slices of long works is followed by one without: a small request waits for
+at most the round in flight, and big ones still get every other round.
+
+Unseeded fixed-N slices of every work share one engine call; seeded slices run as
+calls of their own, slice ``k`` with a seed derived from the request's seed and
+``k`` (slice 0: the seed itself), so that the same seed gives the same answer
+whatever else is queued.
 
 Unseeded "auto" slices are batched continuously: a slice starts its sequential
 procedure (uncertainty.sequential.SequentialRun) in the round that takes it, and
@@ -388,12 +397,11 @@ class Scheduler:
             first, samples, expected = auto.schedule[0], auto.max_samples, auto.mean_n_samples
         else:
             first = samples = expected = n_samples
-        if first <= SLICE_ROWS:
-            per_slice = SLICE_ROWS // first
+        if first <= SLICE_ROWS:  # whole instances: as few slices as fit, of nearly equal size
+            parts = np.array_split(np.arange(work.batch), -(-work.batch // (SLICE_ROWS // first)))
             work.slices = [
-                Slice(index, start, min(start + per_slice, work.batch), samples,
-                      (min(start + per_slice, work.batch) - start) * expected)
-                for index, start in enumerate(range(0, work.batch, per_slice))
+                Slice(index, int(part[0]), int(part[-1]) + 1, samples, len(part) * expected)
+                for index, part in enumerate(parts)
             ]
         else:  # one instance per slice, its samples in nearly equal parts
             parts = -(-n_samples // SLICE_ROWS)
@@ -474,8 +482,9 @@ class Scheduler:
             metrics.QUEUED_ROWS.set(self.queued_rows)
 
     def _next_round(self) -> list[tuple[Work, Slice]]:
-        """The next slice of each queued work, in arrival order, within the round's caps;
-        while short works (one slice) wait, every other round leaves the long ones out."""
+        """The next slice of each queued work, in arrival order, within the round's caps,
+        then further slices in the same order while they fit; while short works (one
+        slice) wait, every other round leaves the long ones out."""
         self._refuse_expired()
         for work in [work for work in self._works if work.cancelled]:
             self._works.pop(work)
@@ -484,18 +493,20 @@ class Scheduler:
         with_long = not (self._long_last and any(work.short and work.slices
                                                  for work in self._works))
         pieces, rows, instances = [], 0.0, 0
-        for work in self._works:
-            if not work.slices or not (work.short or with_long):
-                continue
-            piece = work.slices[0]
-            if pieces and (rows + piece.rows > self.max_rows
-                           or instances + piece.instances > self.max_instances):
-                continue
-            work.slices.pop(0)
-            work.remaining_rows -= piece.rows
-            pieces.append((work, piece))
-            rows += piece.rows
-            instances += piece.instances
+        for fill in (False, True):  # a slice of each work; then more, while the round has room
+            for work in self._works:
+                while work.slices and (work.short or with_long):
+                    piece = work.slices[0]
+                    if pieces and (rows + piece.rows > self.max_rows
+                                   or instances + piece.instances > self.max_instances):
+                        break
+                    work.slices.pop(0)
+                    work.remaining_rows -= piece.rows
+                    pieces.append((work, piece))
+                    rows += piece.rows
+                    instances += piece.instances
+                    if not fill:
+                        break
         self._long_last = any(not work.short for work, _ in pieces)
         self._slices_waiting = any(work.slices for work in self._works)
         return pieces

@@ -97,8 +97,11 @@ def test_auto_is_sliced_by_its_first_round_and_priced_at_its_mean_n(predictor, x
     work = Work(np.concatenate([x] * (per_slice // len(x) + 1)), "auto")
     lane = scheduler(predictor)
     lane._plan(work, "auto")
-    assert [piece.instances for piece in work.slices] == [per_slice, len(work.x) - per_slice]
-    assert work.slices[0].rows == pytest.approx(per_slice * auto.mean_n_samples)
+    # two slices of nearly equal size, in order
+    sizes = [piece.instances for piece in work.slices]
+    assert sum(sizes) == len(work.x) and max(sizes) <= per_slice and max(sizes) - min(sizes) <= 1
+    assert [piece.start for piece in work.slices] == [0, sizes[0]]
+    assert work.slices[0].rows == pytest.approx(sizes[0] * auto.mean_n_samples)
     # its last slice's procedure goes on for the later rounds; a seeded one draws them at once
     assert lane._rounds(work) == 2 + len(auto.schedule) - 1
     seeded = Work(work.x, "auto", seed=1)
@@ -266,16 +269,17 @@ def test_without_a_budget_work_is_refused_for_its_wait_never_for_its_own_engine_
         predictor, x):
     clock = FakeClock()
     lane = scheduler(predictor, max_latency=0.05, clock=clock)
-    # 10 ms + 1 ms per row: each work of 16 x 100 is 4 slices and 1.64 s of engine time
+    # 10 ms + 1 ms per row: each work of 16 x 100 is 4 slices of 4 instances, 1.64 s of
+    # engine time
     lane.costs = CostModel(overhead=0.010, per_row=0.001)
-    works = [Work(x, 100, arrived=clock()) for _ in range(5)]
-    # the first slices of four fill one round (2000 rows of 2048): they start at once; the
-    # fifth's would wait a round (510 ms)
+    works = [Work(x, 100, arrived=clock()) for _ in range(6)]
+    # the first slices of five fill one round (2000 rows of 2048): they start at once; the
+    # sixth's would wait a round (2.01 s)
     results = run(*(lane.run([work]) for work in works), return_exceptions=True)
-    assert all(len(predictions) == len(x) for [predictions] in results[:4])
-    assert isinstance(results[4], Overloaded)
+    assert all(len(predictions) == len(x) for [predictions] in results[:5])
+    assert isinstance(results[5], Overloaded)
     assert "cannot start this request within 50 ms (UQ_BATCH_MAX_LATENCY_MS)" in (
-        results[4].message)
+        results[5].message)
 
     async def behind_a_queued_work():
         queued = asyncio.ensure_future(lane.run([Work(x, 100, arrived=clock())]))
@@ -307,6 +311,21 @@ def test_a_budget_that_can_no_longer_be_met_is_refused_before_its_round(predicto
 
     [[predictions]] = run(scenario())
     assert len(predictions) == len(x) and not budgeted.parts
+
+
+def test_a_round_takes_a_slice_of_each_work_then_fills_with_the_oldest(predictor, x):
+    lane = scheduler(predictor)
+    first, second = Work(x, 100), Work(x, 100)  # each 4 slices of 4 instances (400 rows)
+    for work in (first, second):
+        lane._plan(work, work.n_samples)
+        lane._works[work] = None
+    rounds = [lane._next_round(), lane._next_round()]
+    # the first work finishes in the first round, the second in the next: works finish one
+    # after another, and their clients' next requests fill the rounds after
+    assert [[(work is first, piece.index) for work, piece in pieces] for pieces in rounds] == [
+        [(True, 0), (False, 0), (True, 1), (True, 2), (True, 3)],
+        [(False, 1), (False, 2), (False, 3)]]
+    assert sum(piece.rows for _, piece in rounds[0]) <= lane.max_rows
 
 
 def test_short_works_do_not_wait_behind_a_long_one(predictor, x):
