@@ -3,11 +3,12 @@
 A real ``bentoml serve`` on loopback; then, in each of R rounds:
 
 1. in-process: ``MCEngine.sample`` on batches of B images at N: images per second (the
-   floor the service is compared with);
+   floor the service is compared with), measured just before and just after each
+   throughput load;
 2. C clients (``--clients``, 4) each posting B images at N, closed loop, to /predict
    (JSON) and to the Open Inference Protocol's ``/v2/models/{name}/infer`` with binary
-   tensor data: images per second in 200 answers, as a ratio to the engine's of the same
-   round; every other answer (a 429 too) is a failure;
+   tensor data: images per second in 200 answers, as a ratio to the mean of the engine's
+   two measurements around the load; every other answer (a 429 too) is a failure;
 3. ``--budget-clients`` (32) closed-loop clients posting one image with
    ``latency_budget_ms`` (50) and no N to /predict_batched: the share of ALL requests
    answered 200 within the budget as the client measured it, the 429s, and the 200s that
@@ -162,7 +163,7 @@ def throughput_row(answers: list[tuple[int, float]], seconds: float, batch: int,
     images_per_second = ok * batch / seconds
     return {"requests": len(answers), "ok": ok, "refused": sum(c == REFUSED for c, _ in answers),
             "failures": len(answers) - ok, "images_per_s": images_per_second,
-            "ratio": images_per_second / engine_ips,
+            "engine_images_per_s": engine_ips, "ratio": images_per_second / engine_ips,
             "p99_ms": float(np.percentile([ms for c, ms in answers if c == 200] or [np.nan], 99))}
 
 
@@ -176,17 +177,24 @@ def budget_row(answers: list[tuple[int, float]], budget_ms: float) -> dict:
             "other": len(answers) - within - refused - late}
 
 
-def one_round(port: int, loads: dict, engine_ips: float, args) -> dict:
-    """Every load with every client kind; throughput rows against ``engine_ips``."""
-    row: dict = {"engine_images_per_s": engine_ips}
+def one_round(port: int, loads: dict, engine_ips: Callable[[], float], args) -> dict:
+    """Every load with every client kind; each throughput row against the engine's images/s
+    measured just before and just after its load (their mean): this machine's speed
+    drifts within a round."""
+    row: dict = {}
+    engine = [engine_ips()]
     for kind in CLIENT_KINDS:
         for name, (path, requests) in loads.items():
             clients = args.budget_clients if name == "budget" else args.clients
             answers, seconds = asyncio.run(load(kind, port, path, requests, clients,
                                                 args.duration))
-            row[f"{name}/{kind}"] = (budget_row(answers, args.budget_ms) if name == "budget"
-                                     else throughput_row(answers, seconds, args.batch,
-                                                         engine_ips))
+            if name == "budget":
+                row[f"{name}/{kind}"] = budget_row(answers, args.budget_ms)
+                continue
+            engine.append(engine_ips())
+            row[f"{name}/{kind}"] = throughput_row(answers, seconds, args.batch,
+                                                   statistics.mean(engine[-2:]))
+    row["engine_images_per_s"] = statistics.mean(engine)
     return row
 
 
@@ -262,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         for path, requests in loads.values():  # warm every path
             asyncio.run(load("raw", port, path, requests, args.clients, 3.0))
         for number in range(1, args.rounds + 1):
-            engine_ips = engine_images_per_second(engine, images[:args.batch], args.n_samples)
-            rounds.append(one_round(port, loads, engine_ips, args))
+            rounds.append(one_round(port, loads, lambda: engine_images_per_second(
+                engine, images[:args.batch], args.n_samples), args))
             print(f"round {number}: {describe(rounds[-1])}", flush=True)
     checked = targets(rounds)
     print()
