@@ -337,9 +337,9 @@ def test_short_works_do_not_wait_behind_a_long_one(predictor, x):
         finished.append(name)
 
     async def scenario():
-        work = Work(x, 200)  # 16 slices of 2 instances
+        work = Work(x, 200)  # 8 slices of 2 instances
         long = asyncio.ensure_future(timed("long", work))
-        await until(lambda: 0 < len(work.slices) < 16)  # its first round is taken
+        await until(lambda: 0 < len(work.slices) < 8)  # its first round is taken
         await asyncio.gather(*(timed(f"short{i}", Work(x[i:i + 1], 8)) for i in range(4)))
         await long
 
