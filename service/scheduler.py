@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import math
 import time
@@ -398,10 +399,11 @@ class Scheduler:
         else:
             first = samples = expected = n_samples
         if first <= SLICE_ROWS:  # whole instances: as few slices as fit, of nearly equal size
-            parts = np.array_split(np.arange(work.batch), -(-work.batch // (SLICE_ROWS // first)))
+            parts = -(-work.batch // (SLICE_ROWS // first))
+            bounds = [index * work.batch // parts for index in range(parts + 1)]
             work.slices = [
-                Slice(index, int(part[0]), int(part[-1]) + 1, samples, len(part) * expected)
-                for index, part in enumerate(parts)
+                Slice(index, start, stop, samples, (stop - start) * expected)
+                for index, (start, stop) in enumerate(itertools.pairwise(bounds))
             ]
         else:  # one instance per slice, its samples in nearly equal parts
             parts = -(-n_samples // SLICE_ROWS)
