@@ -418,11 +418,16 @@ class Scheduler:
     def _predicted_seconds(self, slices: int, rows: float, instances: int,
                            ahead: _Ahead) -> float:
         """Seconds until work of ``slices`` slices, ``rows`` rows and ``instances`` instances
-        would be drawn, after the round in flight and beside ``ahead``."""
-        for remaining, slice_rows, slice_instances in ahead.entries:
-            share = min(remaining, slices * slice_rows)
-            rows += share
-            instances += share / max(slice_rows, 1e-9) * slice_instances
+        would be drawn, after the round in flight and beside ``ahead``: the next ``slices``
+        slices of each queued work (its next one, when ``slices`` is 1: their totals)."""
+        if slices == 1:
+            rows += ahead.slice_rows
+            instances += ahead.slice_instances
+        else:
+            for remaining, slice_rows, slice_instances in ahead.entries:
+                share = min(remaining, slices * slice_rows)
+                rows += share
+                instances += share / max(slice_rows, 1e-9) * slice_instances
         rounds = max(slices, math.ceil(rows / self.max_rows),
                      math.ceil(instances / self.max_instances))
         return self._round_left() + self.costs.seconds(rounds, rows)

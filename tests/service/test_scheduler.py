@@ -9,7 +9,7 @@ import pytest
 
 from service.latency import CostModel
 from service.predictor import Predictor
-from service.scheduler import SLICE_ROWS, Overloaded, Scheduler, Work
+from service.scheduler import SLICE_ROWS, Overloaded, Scheduler, Work, _Ahead
 from tests.service.fake_clock import FakeClock
 from training.data import load_dataset
 from uncertainty.sequential import SequentialRun
@@ -311,6 +311,22 @@ def test_a_budget_that_can_no_longer_be_met_is_refused_before_its_round(predicto
 
     [[predictions]] = run(scenario())
     assert len(predictions) == len(x) and not budgeted.parts
+
+
+def test_a_one_slice_work_is_priced_beside_the_next_slice_of_each_queued_work(predictor, x):
+    lane = scheduler(predictor)
+    lane.costs = CostModel(overhead=0.010, per_row=0.001)
+    queued = [Work(x, 100), Work(x[:4], 100), Work(x[:1], 7)]  # next slices: 400, 400, 7 rows
+    for work in queued:
+        lane._plan(work, work.n_samples)
+    work = Work(x[:2], 30)
+    lane._plan(work, 30)
+    # one round (60 + 807 rows of 2048, 2 + 9 instances of 64): 10 ms + 867 ms
+    assert lane._predicted_seconds(1, work.remaining_rows, work.batch, _Ahead(queued)) == (
+        pytest.approx(0.010 + 0.867))
+    # two slices: two of the long work's, one of each other's
+    assert lane._predicted_seconds(2, 60, 2, _Ahead(queued)) == pytest.approx(
+        2 * 0.010 + (60 + 800 + 400 + 7) * 0.001)
 
 
 def test_a_round_takes_a_slice_of_each_work_then_fills_with_the_oldest(predictor, x):
