@@ -499,21 +499,23 @@ class Scheduler:
                       if not all(work.cancelled for work in run.works)]
         with_long = not (self._long_last and any(work.short and work.slices
                                                  for work in self._works))
+        takers = [work for work in self._works if work.slices and (work.short or with_long)]
+        # a slice of each work; then the rest of each in turn, while the round has room
+        turns = itertools.chain(takers, (work for work in takers
+                                         for _ in range(len(work.slices))))
         pieces, rows, instances = [], 0.0, 0
-        for fill in (False, True):  # a slice of each work; then more, while the round has room
-            for work in self._works:
-                while work.slices and (work.short or with_long):
-                    piece = work.slices[0]
-                    if pieces and (rows + piece.rows > self.max_rows
-                                   or instances + piece.instances > self.max_instances):
-                        break
-                    work.slices.pop(0)
-                    work.remaining_rows -= piece.rows
-                    pieces.append((work, piece))
-                    rows += piece.rows
-                    instances += piece.instances
-                    if not fill:
-                        break
+        for work in turns:
+            if not work.slices:
+                continue
+            piece = work.slices[0]
+            if pieces and (rows + piece.rows > self.max_rows
+                           or instances + piece.instances > self.max_instances):
+                continue
+            work.slices.pop(0)
+            work.remaining_rows -= piece.rows
+            pieces.append((work, piece))
+            rows += piece.rows
+            instances += piece.instances
         self._long_last = any(not work.short for work, _ in pieces)
         self._slices_waiting = any(work.slices for work in self._works)
         return pieces
