@@ -3,12 +3,13 @@
 A real ``bentoml serve`` on loopback; then, in each of R rounds:
 
 1. in-process: ``MCEngine.sample`` on batches of B images at N: images per second (the
-   floor the service is compared with), measured just before and just after each
+   floor the service is compared with), measured when the round starts and after each
    throughput load;
 2. C clients (``--clients``, 4) each posting B images at N, closed loop, to /predict
    (JSON) and to the Open Inference Protocol's ``/v2/models/{name}/infer`` with binary
    tensor data: images per second in 200 answers, as a ratio to the mean of the engine's
-   two measurements around the load; every other answer (a 429 too) is a failure;
+   measurements on either side of the load (a budget load may run between the one
+   before and the load); every other answer (a 429 too) is a failure;
 3. ``--budget-clients`` (32) closed-loop clients posting one image with
    ``latency_budget_ms`` (50) and no N to /predict_batched: the share of ALL requests
    answered 200 within the budget as the client measured it, the 429s, and the 200s that
@@ -178,9 +179,9 @@ def budget_row(answers: list[tuple[int, float]], budget_ms: float) -> dict:
 
 
 def one_round(port: int, loads: dict, engine_ips: Callable[[], float], args) -> dict:
-    """Every load with every client kind; each throughput row against the engine's images/s
-    measured just before and just after its load (their mean): this machine's speed
-    drifts within a round."""
+    """Every load with every client kind; each throughput row against the mean of the
+    engine's images/s measured last before its load and just after it: this machine's
+    speed drifts within a round."""
     row: dict = {}
     engine = [engine_ips()]
     for kind in CLIENT_KINDS:
